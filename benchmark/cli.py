@@ -1,0 +1,170 @@
+"""The ``medbench`` command line."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import MedbenchError
+
+
+class MedbenchGroup(click.Group):
+    """Turns user errors into one line on stderr and exit code 2; ``--debug`` shows the
+    traceback. Anything else is a bug: one line plus a hint, exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MedbenchError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished cells are saved; rerun the same command to resume",
+                       err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for "
+                       "the traceback and please report it)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=MedbenchGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="medbench")
+@click.pass_context
+def cli(ctx, debug):
+    """Benchmark ways of fixing class imbalance (GANs, SMOTE, oversampling, class
+    weights) for medical image classifiers, under one protocol."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _command_line() -> str:
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    env = os.environ.get("MEDBENCH_DATA")
+    prefix = f"MEDBENCH_DATA={shlex.quote(env)} " if env else ""
+    return f"{prefix}medbench {args}".strip()
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+def validate(suite, profile):
+    """Check a suite file against the schema and its plugin names."""
+    from .runner import check_plugins, count_folds, expand_cells
+    from .suite import load_suite
+    loaded = load_suite(suite, profile)
+    check_plugins(loaded)
+    s = loaded.suite
+    n = len(expand_cells(loaded, count_folds(loaded)))
+    click.echo(f"{suite}: valid suite {s.name!r} ({len(s.arms)} arm(s) x {len(s.classifiers)} "
+               f"classifier(s) x {len(s.protocol.seeds)} seed(s) x {count_folds(loaded)} fold(s) "
+               f"= {n} cells; hash {loaded.hash})")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder (default results/<suite name>[-<profile>]).")
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+@click.option("--executor", default="local", show_default=True, help="Executor plugin.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def run(suite, out, profile, executor, device, quiet):
+    """Run a suite; finished cells are kept, so rerunning resumes."""
+    from .report import summarize, wide
+    from .runner import run_suite
+    from .suite import load_suite
+    loaded = load_suite(suite, profile)
+    if out is None:
+        out = Path("results") / (loaded.suite.name + (f"-{profile}" if profile else ""))
+    df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
+                   command=_command_line())
+    if df.empty:
+        click.echo("no cell finished; see the messages above")
+        return
+    table = wide(summarize(df, loaded.suite.report.metrics))
+    _print_table(table, f"{loaded.suite.name}: mean ± std on the real test fold(s)")
+    click.echo(f"results: {out / 'results.parquet'} (and results.csv); tables: "
+               f"medbench report {out}")
+
+
+def _print_table(table, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=title)
+    for c in table.columns:
+        t.add_column(str(c), justify="left" if c in ("arm", "classifier") else "right")
+    for row in table.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    Console(width=max(120, Console().width)).print(t)
+
+
+@cli.command()
+@click.argument("results", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the tables (default reports/<results folder name>).")
+@click.option("--format", "formats", default=None,
+              help="Comma-separated: md,csv,latex (default: the suite's report.formats).")
+def report(results, out, formats):
+    """Write Markdown, CSV and LaTeX tables for a results folder."""
+    from .errors import ResultsError
+    from .report import write_report
+    if not results.is_dir():
+        raise ResultsError(f"results folder {results} not found; run `medbench run SUITE` first")
+    fmts = None
+    if formats:
+        fmts = [f.strip() for f in formats.split(",") if f.strip()]
+        bad = [f for f in fmts if f not in ("md", "csv", "latex")]
+        if bad:
+            raise MedbenchError(f"unknown report format {bad[0]!r}; use md, csv, latex")
+    out = out or Path("reports") / results.name
+    for p in write_report(results, out, fmts):
+        click.echo(f"wrote {p}")
+
+
+@cli.command()
+def plugins():
+    """List every plugin: name, kind, package and version."""
+    from rich.console import Console
+    from rich.table import Table
+    from .plugins import registry
+    reg = registry()
+    t = Table(title="medbench plugins")
+    for c in ("name", "kind", "package", "version", "description"):
+        t.add_column(c)
+    for info in reg.all():
+        t.add_row(info.name, info.kind[:-1], info.package, info.version,
+                  str(getattr(info.obj, "description", "") or ""))
+    Console(width=max(120, Console().width)).print(t)
+    for line in reg.failures:
+        click.echo(f"skipped: {line}", err=True)
+
+
+def _add_plugin_commands() -> None:
+    try:
+        from .plugins import registry
+        registry().manager.hook.register_commands(cli=cli)
+    except MedbenchError as exc:
+        click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+
+
+def main(argv=None):
+    _add_plugin_commands()
+    return cli.main(args=argv, prog_name="medbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI prints them in one line and exits with code 2."""
+
+
+class MedbenchError(Exception):
+    """Base class: something the user can fix. The message says what and how."""
+
+
+class SuiteError(MedbenchError):
+    """A suite file is missing, is not YAML, or does not match the schema."""
+
+
+class PluginError(MedbenchError):
+    """An unknown plugin name, or a plugin that cannot be used as asked."""
+
+
+class DataError(MedbenchError):
+    """Missing data, unreadable images, wrong shapes, too few images in a class."""
+
+
+class TrainingError(MedbenchError):
+    """Training could not go on (NaN or Inf loss, a model that does not fit the input)."""
+
+
+class ResultsError(MedbenchError):
+    """A results folder that cannot be written, read or resumed."""

@@ -1,0 +1,150 @@
+"""Tables from a results folder: mean +- std over folds and seeds per arm and classifier.
+
+Output is deterministic (no timestamps), so rerunning ``medbench report`` on the same
+results gives the same files byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .store import ResultsStore, atomic_text
+
+LABELS = {
+    "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",
+    "macro_precision": "macro-P", "macro_recall": "macro-R", "roc_auc": "AUC",
+    "pr_auc": "PR-AUC", "test_loss": "test loss",
+}
+
+
+def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Long table: arm, classifier, metric, mean, std, n (cells)."""
+    overall = df[(df["class"] == "") & (df["metric"].isin(metrics))]
+    order = {m: i for i, m in enumerate(metrics)}
+    arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
+    clfs = list(dict.fromkeys(df.sort_values("cell_order")["classifier"]))
+    g = overall.groupby(["arm", "classifier", "metric"])["value"]
+    out = g.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                n="count").reset_index()
+    out["_a"] = out["arm"].map(arms.index)
+    out["_c"] = out["classifier"].map(clfs.index)
+    out["_m"] = out["metric"].map(order)
+    return out.sort_values(["_a", "_c", "_m"]).drop(columns=["_a", "_c", "_m"]).reset_index(drop=True)
+
+
+def per_class(df: pd.DataFrame, metric: str = "recall") -> pd.DataFrame:
+    sub = df[df["metric"] == metric]
+    if sub.empty:
+        return pd.DataFrame()
+    classes = list(dict.fromkeys(sub["class"]))
+    arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
+    t = sub.groupby(["arm", "classifier", "class"])["value"].mean().unstack("class")[classes]
+    t = t.reset_index()
+    t["_a"] = t["arm"].map(arms.index)
+    return t.sort_values(["_a", "classifier"]).drop(columns="_a").reset_index(drop=True)
+
+
+def wide(summary: pd.DataFrame, digits: int = 4, sep: str = " ± ") -> pd.DataFrame:
+    s = summary.copy()
+    s["cell"] = [f"{m:.{digits}f}{sep}{sd:.{digits}f}" if np.isfinite(m) else "n/a"
+                 for m, sd in zip(s["mean"], s["std"])]
+    metrics = list(dict.fromkeys(s["metric"]))
+    t = s.pivot_table(index=["arm", "classifier"], columns="metric", values="cell",
+                      aggfunc="first", sort=False)[metrics]
+    n = s.groupby(["arm", "classifier"], sort=False)["n"].max()
+    t.insert(0, "runs", n)
+    t.columns = ["runs"] + [LABELS.get(m, m) for m in metrics]
+    return t.reset_index()
+
+
+def md_table(t: pd.DataFrame) -> str:
+    cols = list(t.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in t.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def latex_table(t: pd.DataFrame, caption: str) -> str:
+    def esc(x: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
+                     ("#", r"\#")):
+            x = x.replace(a, b)
+        return x.replace("±", r"$\pm$")
+    cols = list(t.columns)
+    body = [" & ".join(esc(_fmt(v)) for v in row) + r" \\" for row in t.itertuples(index=False)]
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", f"\\caption{{{esc(caption)}}}",
+        r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}", r"\toprule",
+        " & ".join(esc(c) for c in cols) + r" \\", r"\midrule", *body, r"\bottomrule",
+        r"\end{tabular}", r"\end{table}", ""])
+
+
+def header_lines(manifest: dict, results_dir: Path) -> list[str]:
+    run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
+    return [
+        f"Made by: `{run_cmd}` then `medbench report {results_dir}`",
+        f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
+        f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
+        f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "
+        f"device {manifest.get('device')}.",
+    ]
+
+
+def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = None,
+                 metrics: list[str] | None = None) -> list[Path]:
+    store = ResultsStore(results_dir)
+    manifest = store.manifest()
+    df = store.load()
+    cfg = manifest.get("report") or {}
+    formats = formats or cfg.get("formats") or ["md", "csv", "latex"]
+    metrics = metrics or cfg.get("metrics") or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"]
+    summary = summarize(df, metrics)
+    table = wide(summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    data = {}
+    if (results_dir / "data_report.json").exists():
+        data = json.loads((results_dir / "data_report.json").read_text())
+    head = header_lines(manifest, results_dir)
+    if "md" in formats:
+        parts = [f"# {manifest.get('suite')}: results", "", *head, ""]
+        if data:
+            counts = ", ".join(f"{c} {n}" for c, n in zip(data["classes"], data["counts"]))
+            parts += [f"Data: {data['loader']} ({data['images']} images: {counts}; "
+                      f"{data['image_size']} px, {data['channels']} channel(s)); duplicates: "
+                      f"{data['duplicates_summary']}.", ""]
+        splits = df.groupby(["seed", "fold"]).ngroups
+        parts += [f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
+                  "test fold(s).", "", md_table(table), ""]
+        pc = per_class(df, "recall")
+        if not pc.empty:
+            parts += ["Per-class recall (mean):", "", md_table(pc), ""]
+        failed = store.failures()
+        if failed:
+            parts += ["Failed cells:", ""] + [f"- {f['cell']}: {f['reason']}" for f in failed] + [""]
+        p = out_dir / "summary.md"
+        atomic_text(p, "\n".join(parts))
+        written.append(p)
+    if "csv" in formats:
+        p = out_dir / "summary.csv"
+        csv = "# " + "\n# ".join(head) + "\n" + summary.to_csv(index=False, float_format="%.6f")
+        atomic_text(p, csv)
+        written.append(p)
+    if "latex" in formats:
+        p = out_dir / "summary.tex"
+        cap = f"{manifest.get('suite')}: mean ± std over folds and seeds"
+        tex = "% " + "\n% ".join(head) + "\n" + latex_table(table, cap)
+        atomic_text(p, tex)
+        written.append(p)
+    return written

@@ -1,0 +1,372 @@
+"""The engine loop: suite -> dataset -> folds -> cells -> results on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__, injection, metrics
+from .api import DatasetSpec
+from .data import ImageSet, conform, handle_duplicates
+from .errors import DataError, MedbenchError, PluginError
+from .plugins import registry
+from .splits import Fold, make_folds
+from .store import ResultsStore, atomic_text, safe_name
+from .suite import ArmConfig, ClassifierConfig, LoadedSuite, resolve_data_path
+from .trainer import Settings, Trainer, class_weight_vector, pick_device
+
+
+@dataclass(frozen=True)
+class Cell:
+    order: int
+    arm: str
+    classifier: str
+    seed: int
+    fold: int
+
+    @property
+    def key(self) -> str:
+        return safe_name(f"{self.arm}__{self.classifier}__s{self.seed}__f{self.fold}")
+
+    def label(self) -> str:
+        return f"arm={self.arm} classifier={self.classifier} seed={self.seed} fold={self.fold}"
+
+
+def expand_cells(loaded: LoadedSuite, n_folds: int) -> list[Cell]:
+    """arm x classifier x seed x fold, ordered seed, fold, arm, classifier so a fitted
+    generator serves every classifier of its fold before the next fold starts."""
+    s = loaded.suite
+    cells = []
+    for seed in s.protocol.seeds:
+        for fold in range(n_folds):
+            for arm in s.arms:
+                for clf in s.classifiers:
+                    cells.append(Cell(len(cells), arm.name, clf.key, seed, fold))
+    return cells
+
+
+def count_folds(loaded: LoadedSuite) -> int:
+    p = loaded.suite.protocol
+    n = 1 if p.kind == "holdout" else p.folds
+    return min(n, p.max_folds) if p.max_folds else n
+
+
+def check_plugins(loaded: LoadedSuite) -> None:
+    """Fail before any work when a suite names a plugin that is not installed."""
+    reg = registry()
+    s = loaded.suite
+    reg.get("datasets", s.dataset.loader)
+    for clf in s.classifiers:
+        info = reg.get("classifiers", clf.name)
+        if clf.pretrained and not getattr(info.obj, "supports_pretrained", False):
+            raise PluginError(f"classifier {clf.name!r} has no pretrained weights; "
+                              "set pretrained: false")
+    for arm in s.arms:
+        if arm.generator:
+            reg.get("generators", arm.generator)
+
+
+def cache_dir() -> Path:
+    import os
+    return Path(os.environ.get("MEDBENCH_CACHE", Path.home() / ".cache" / "medbench"))
+
+
+def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
+    s = loaded.suite
+    d = s.dataset
+    loader = registry().get("datasets", d.loader).obj()
+    spec = DatasetSpec(loader=d.loader, path=resolve_data_path(loaded), image_size=d.image_size,
+                       channels=d.channels, options=dict(d.options), cache_dir=cache_dir())
+    ds = loader.load(spec)
+    ds = conform(ds, d.image_size, d.channels)
+    if len(ds) == 0:
+        raise DataError(f"dataset {d.loader!r} at {spec.path} has no images")
+    ds, dup = handle_duplicates(ds, d.duplicates)
+    report = {
+        "loader": d.loader, "path": str(spec.path) if spec.path else None,
+        "images": len(ds), "classes": ds.classes, "counts": ds.counts(),
+        "image_size": d.image_size, "channels": d.channels,
+        "splits": None if ds.splits is None else {k: int(sum(1 for x in ds.splits if x == k))
+                                                   for k in ("train", "val", "test")},
+        "duplicates": dup.as_dict(), "duplicates_summary": dup.summary(),
+        "fingerprint": ds.fingerprint(), "notes": ds.notes,
+    }
+    return ds, report
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Reporter:
+    """Progress for a run: rich bars on a terminal, one line per cell otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        from rich.console import Console
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.rich = not quiet and self.console.is_terminal
+        self.total = total
+        self.progress = None
+        if self.rich:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=False)
+            self.progress.start()
+            self.cells_task = self.progress.add_task("cells", total=total)
+            self.epoch_task = self.progress.add_task("epochs", total=1, visible=False)
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            if self.rich:
+                self.progress.console.print(msg, highlight=False, markup=False)
+            else:
+                print(msg, file=sys.stderr, flush=True)
+
+    def cell_started(self, cell: Cell) -> None:
+        if self.rich:
+            self.progress.update(self.epoch_task, description=f"  {cell.arm} / {cell.classifier} "
+                                 f"s{cell.seed} f{cell.fold}", completed=0, total=1, visible=True)
+
+    def epoch(self, row: dict) -> None:
+        if self.rich:
+            self.progress.update(self.epoch_task, completed=row["epoch"], total=row["total_epochs"])
+
+    def cell_done(self, n_done: int, cell: Cell, summary: str) -> None:
+        if self.rich:
+            self.progress.update(self.cells_task, completed=n_done)
+        self.log(f"[{n_done}/{self.total}] done {cell.label()} {summary}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class Engine:
+    """Holds what is shared between cells of one run: data, folds, fitted generators."""
+
+    def __init__(self, loaded: LoadedSuite, ds: ImageSet, device: torch.device):
+        self.loaded = loaded
+        self.s = loaded.suite
+        self.ds = ds
+        self.device = device
+        self._folds: dict[int, list[Fold]] = {}
+        self._gen_key: tuple | None = None
+        self._gen_obj: Any = None
+
+    def folds(self, seed: int) -> list[Fold]:
+        if seed not in self._folds:
+            p = self.s.protocol
+            self._folds[seed] = make_folds(self.ds, p.kind, seed=seed, folds=p.folds,
+                                           val_fraction=p.val_fraction,
+                                           test_fraction=p.test_fraction,
+                                           min_per_class=self.s.dataset.min_per_class)
+        return self._folds[seed]
+
+    def arm(self, name: str) -> ArmConfig:
+        return next(a for a in self.s.arms if a.name == name)
+
+    def classifier(self, key: str) -> ClassifierConfig:
+        return next(c for c in self.s.classifiers if c.key == key)
+
+    # ------------------------------------------------------------ training set
+    def training_set(self, arm: ArmConfig, fold: Fold, seed: int):
+        """Real training images of the fold plus the arm's synthetic images.
+
+        Returns (images, labels, is_synthetic). Validation and test data are never
+        touched here: they come straight from the real dataset in run_cell.
+        """
+        x = self.ds.images[torch.from_numpy(fold.train)]
+        y = self.ds.labels[torch.from_numpy(fold.train)]
+        synthetic = torch.zeros(len(y), dtype=torch.bool)
+        if not arm.generator:
+            return x, y, synthetic, [0] * self.ds.num_classes
+        counts = torch.bincount(y, minlength=self.ds.num_classes).tolist()
+        inj = arm.injection
+        wanted = injection.plan(inj.policy, counts, self.ds.classes, siir=inj.siir,
+                                per_class=inj.per_class)
+        gens = self._generators(arm, fold, seed, x, y, wanted)
+        xs, ys = [x], [y]
+        for c, n in enumerate(wanted):
+            if n <= 0:
+                continue
+            g = gens if not isinstance(gens, dict) else gens[c]
+            imgs = g.sample(c, n)
+            if imgs.dtype != torch.uint8 or tuple(imgs.shape[1:]) != tuple(x.shape[1:]) or len(imgs) != n:
+                raise PluginError(f"generator {arm.generator!r} returned {tuple(imgs.shape)} "
+                                  f"{imgs.dtype}; expected ({n}, {', '.join(map(str, x.shape[1:]))}) uint8")
+            xs.append(imgs)
+            ys.append(torch.full((n,), c, dtype=torch.int64))
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        synthetic = torch.cat([synthetic, torch.ones(len(y_all) - len(y), dtype=torch.bool)])
+        return x_all, y_all, synthetic, wanted
+
+    def _generators(self, arm: ArmConfig, fold: Fold, seed: int, x, y, wanted):
+        key = (arm.name, seed, fold.index)
+        if self._gen_key == key:
+            return self._gen_obj
+        cls = registry().get("generators", arm.generator).obj
+        kw = dict(classes=self.ds.classes, budget=None, device=str(self.device), seed=seed)
+        if getattr(cls, "conditional", True):
+            gens: Any = cls(**arm.params).fit(x, y, **kw)
+        else:
+            gens = {c: cls(**arm.params).fit(x[y == c], y[y == c], **kw)
+                    for c, n in enumerate(wanted) if n > 0}
+        self._gen_key, self._gen_obj = key, gens
+        return gens
+
+    # ------------------------------------------------------------ one cell
+    def run_cell(self, cell: Cell, reporter: Reporter | None = None) -> tuple[pd.DataFrame, dict]:
+        s = self.s
+        arm = self.arm(cell.arm)
+        ccfg = self.classifier(cell.classifier)
+        info = registry().get("classifiers", ccfg.name)
+        clf = info.obj()
+        folds = self.folds(cell.seed)
+        fold = folds[cell.fold]
+        x_tr, y_tr, synth, wanted = self.training_set(arm, fold, cell.seed)
+        x_val = self.ds.images[torch.from_numpy(fold.val)]
+        y_val = self.ds.labels[torch.from_numpy(fold.val)]
+        x_te = self.ds.images[torch.from_numpy(fold.test)]
+        y_te = self.ds.labels[torch.from_numpy(fold.test)]
+
+        tcfg = s.training
+        if ccfg.training:
+            from .suite import TrainingConfig
+            tcfg = TrainingConfig.model_validate({**s.training.model_dump(), **ccfg.training})
+        settings = Settings.resolve(tcfg, getattr(clf, "default_training", {}) or {})
+        normalize = tcfg.normalize
+        if normalize == "auto":
+            normalize = "imagenet" if ccfg.pretrained else "half"
+        torch.manual_seed(cell.seed)
+        np.random.seed(cell.seed)
+        try:
+            model = clf.build(self.ds.num_classes, self.ds.images.shape[1], self.ds.images.shape[2],
+                              pretrained=ccfg.pretrained, dropout=ccfg.dropout, **ccfg.params)
+        except TypeError as exc:
+            raise PluginError(f"classifier {ccfg.name!r}: {exc}") from None
+        weights = class_weight_vector(y_tr, self.ds.num_classes) if arm.class_weights else None
+        trainer = Trainer(settings, self.device, normalize, self.ds.images.shape[1])
+        result = trainer.fit(model, clf.head(model), x_tr, y_tr, x_val, y_val, seed=cell.seed,
+                             class_weights=weights,
+                             progress=reporter.epoch if reporter else None)
+        p_val, _ = trainer.evaluate(model, x_val)
+        threshold = None
+        if tcfg.threshold == "f1" and self.ds.num_classes == 2:
+            threshold = metrics.tune_threshold(y_val.numpy(), p_val)
+        p_te, test_loss = trainer.evaluate(model, x_te, y_te)
+        rows = metrics.compute(y_te.numpy(), p_te, self.ds.classes, s.metrics, threshold)
+        rows.append(("test_loss", "", test_loss))
+        rows.append(("val_loss", "", result.best_val_loss))
+        df = pd.DataFrame(rows, columns=["metric", "class", "value"])
+        df.insert(0, "metric_order", np.arange(len(df)))
+        gen_info = registry().get("generators", arm.generator) if arm.generator else None
+        meta = {
+            "suite": s.name, "suite_hash": self.loaded.hash, "profile": self.loaded.profile or "",
+            "arm": cell.arm, "classifier": cell.classifier, "seed": cell.seed, "fold": cell.fold,
+            "cell_order": cell.order, "n_train_real": int((~synth).sum()),
+            "n_synthetic": int(synth.sum()), "n_val": len(y_val), "n_test": len(y_te),
+            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "threshold": np.nan if threshold is None else threshold,
+            "train_seconds": round(result.seconds, 3),
+            "classifier_plugin": f"{info.name} ({info.package} {info.version})",
+            "generator_plugin": "" if gen_info is None else
+            f"{gen_info.name} ({gen_info.package} {gen_info.version})",
+        }
+        for k, v in reversed(list(meta.items())):
+            df.insert(0, k, v)
+        preds = {"y_true": y_te.numpy(), "probs": p_te.astype(np.float32),
+                 "test_index": fold.test, "synthetic_per_class": np.asarray(wanted),
+                 "history_val_loss": np.array([h["val_loss"] for h in result.history])}
+        return df, preds
+
+
+def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: str = "local",
+              device: str | None = None, command: str | None = None,
+              echo: Callable[[str], None] | None = None) -> pd.DataFrame:
+    check_plugins(loaded)
+    s = loaded.suite
+    exec_cls = registry().get("executors", executor).obj
+    dev = pick_device(device or s.device)
+    store = ResultsStore(out)
+    meta = {
+        "suite": s.name, "suite_path": str(loaded.path), "profile": loaded.profile,
+        "command": command, "medbench": __version__, "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(dev), "git_commit": git_commit(),
+        "report": s.report.model_dump(),
+    }
+    store.open(loaded.hash, meta)
+    ds, data_report = load_dataset(loaded)
+    atomic_text(out / "data_report.json", json.dumps(data_report, indent=2, default=str))
+    engine = Engine(loaded, ds, dev)
+    cells = expand_cells(loaded, count_folds(loaded))
+    done = store.done()
+    todo = [c for c in cells if c.key not in done]
+    reporter = Reporter(len(cells), quiet)
+    if data_report["duplicates"]["groups"]:
+        reporter.log(f"warning: {ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
+    if done:
+        reporter.log(f"resuming {out}: {len(cells) - len(todo)} of {len(cells)} cells already done")
+    provenance = {"git_commit": meta["git_commit"], "medbench_version": __version__,
+                  "torch_version": torch.__version__, "device": str(dev)}
+    n_done = len(cells) - len(todo)
+    failures = 0
+
+    def work(cell: Cell):
+        reporter.cell_started(cell)
+        t0 = time.perf_counter()
+        try:
+            df, preds = engine.run_cell(cell, reporter)
+            return ("ok", df, preds, time.perf_counter() - t0)
+        except MedbenchError as exc:
+            if isinstance(exc, (PluginError,)):
+                raise
+            return ("failed", str(exc), None, time.perf_counter() - t0)
+
+    def on_result(cell: Cell, result) -> None:
+        nonlocal n_done, failures
+        status, payload, preds, secs = result
+        n_done += 1
+        if status == "ok":
+            for k, v in provenance.items():
+                payload[k] = v
+            store.save_cell(cell.key, payload, preds)
+            store.clear_failure(cell.key)
+            acc = payload.loc[payload.metric == "accuracy", "value"]
+            summary = f"accuracy={acc.iloc[0]:.4f} " if len(acc) else ""
+            reporter.cell_done(n_done, cell, f"{summary}({secs:.1f} s)")
+        else:
+            failures += 1
+            store.save_failure(cell.key, {"cell": cell.label(), "reason": payload})
+            reporter.cell_done(n_done, cell, f"FAILED: {payload}")
+
+    try:
+        exec_cls().run(todo, work, on_result)
+    finally:
+        reporter.close()
+    df = store.consolidate()
+    if failures:
+        reporter.log(f"warning: {failures} cell(s) failed; see {out / 'cells'}/*.failed.json")
+    return df

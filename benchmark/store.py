@@ -1,0 +1,130 @@
+"""Results on disk: one Parquet file per finished cell (written atomically, so a killed
+run loses at most the cell in progress), consolidated into results.parquet/results.csv
+after every cell. A results folder belongs to one suite configuration; resuming it under
+another is refused rather than mixing numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ResultsError
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename over ``path`` (same folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+class ResultsStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cells = self.root / "cells"
+
+    # ---------------------------------------------------------------- set-up
+    def open(self, suite_hash: str, meta: dict[str, Any]) -> None:
+        try:
+            self.cells.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.root}: {exc.strerror or exc}; "
+                               "choose another folder with --out") from None
+        mpath = self.root / MANIFEST
+        if mpath.exists():
+            old = self.manifest()
+            if old.get("suite_hash") != suite_hash:
+                raise ResultsError(
+                    f"{self.root} holds results of a different configuration of suite "
+                    f"{old.get('suite')!r} (hash {old.get('suite_hash')} != {suite_hash}); "
+                    "resume with the same suite and profile, or pass another --out")
+            return
+        atomic_text(mpath, json.dumps({**meta, "suite_hash": suite_hash}, indent=2, default=str))
+
+    def manifest(self) -> dict:
+        mpath = self.root / MANIFEST
+        if not mpath.exists():
+            raise ResultsError(f"{self.root} is not a medbench results folder (no {MANIFEST}); "
+                               "make one with `medbench run SUITE --out DIR`")
+        try:
+            return json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{mpath} is corrupt ({exc.msg}); remove it to start over") from None
+
+    def update_manifest(self, **fields) -> None:
+        m = self.manifest()
+        m.update(fields)
+        atomic_text(self.root / MANIFEST, json.dumps(m, indent=2, default=str))
+
+    # ---------------------------------------------------------------- cells
+    def done(self) -> set[str]:
+        return {p.name[:-len(".parquet")] for p in self.cells.glob("*.parquet")}
+
+    def save_cell(self, key: str, rows: pd.DataFrame, preds: dict[str, np.ndarray] | None) -> None:
+        if preds is not None:
+            atomic_write(self.cells / f"{key}.preds.npz",
+                         lambda p: np.savez_compressed(open(p, "wb"), **preds))
+        # the parquet file is the marker that the cell is finished: written last
+        atomic_write(self.cells / f"{key}.parquet", lambda p: rows.to_parquet(p, index=False))
+        self.consolidate()
+
+    def save_failure(self, key: str, info: dict) -> None:
+        atomic_text(self.cells / f"{key}.failed.json", json.dumps(info, indent=2, default=str))
+
+    def clear_failure(self, key: str) -> None:
+        try:
+            (self.cells / f"{key}.failed.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def failures(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.cells.glob("*.failed.json"))]
+
+    def load_preds(self, key: str) -> dict[str, np.ndarray]:
+        with np.load(self.cells / f"{key}.preds.npz") as z:
+            return {k: z[k] for k in z.files}
+
+    def load(self) -> pd.DataFrame:
+        path = self.root / "results.parquet"
+        if path.exists():
+            return pd.read_parquet(path)
+        self.manifest()
+        raise ResultsError(f"{self.root} has no finished cells yet (no results.parquet)")
+
+    def consolidate(self) -> pd.DataFrame:
+        files = sorted(self.cells.glob("*.parquet"))
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+        if len(df):
+            df = df.sort_values(["cell_order", "metric_order"], kind="stable").reset_index(drop=True)
+        atomic_write(self.root / "results.parquet", lambda p: df.to_parquet(p, index=False))
+        atomic_write(self.root / "results.csv", lambda p: df.to_csv(p, index=False))
+        return df

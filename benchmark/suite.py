@@ -1,0 +1,303 @@
+"""Suites: YAML files that declare a benchmark, validated against a schema.
+
+A suite names a dataset, a protocol (holdout on the data's own splits, or stratified
+k-fold), the arms compared (ways of handling imbalance), the classifiers, training
+settings, metrics, report formats and profiles. A profile is a partial suite deep-merged
+over the base before validation, so ``--profile smoke`` can shrink epochs and image size
+without editing the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SuiteError
+
+METRICS = (
+    "accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",
+    "roc_auc", "pr_auc", "precision", "recall", "f1", "specificity", "confusion",
+)
+DEFAULT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc",
+                   "precision", "recall", "f1", "specificity", "confusion"]
+REPORT_FORMATS = ("md", "csv", "latex")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Strict):
+    loader: str = Field(description="dataset plugin name: phantom, medmnist, folder, ...")
+    path: str | None = None
+    image_size: int = Field(28, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    options: dict[str, Any] = Field(default_factory=dict)
+    duplicates: Literal["drop", "refuse", "keep"] = "drop"
+    min_per_class: int = Field(2, ge=1, description="refuse classes with fewer training images")
+
+
+class ProtocolConfig(Strict):
+    kind: Literal["holdout", "kfold"] = "holdout"
+    folds: int = Field(5, ge=2, le=50)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.9,
+                                 description="holdout on data without its own test split")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    max_folds: int | None = Field(None, ge=1, description="run only the first N folds")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+
+class InjectionConfig(Strict):
+    policy: Literal["balance", "complementary", "fixed"] = "balance"
+    siir: float = Field(0.2, ge=0.0, le=5.0)
+    per_class: int | dict[str, int] | None = None
+
+
+class ArmConfig(Strict):
+    name: str = Field(min_length=1)
+    generator: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    injection: InjectionConfig = Field(default_factory=InjectionConfig)
+    class_weights: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if any(c in v for c in "/\\|:") or v.strip() != v:
+            raise ValueError("arm names may not contain / \\ | : or surrounding spaces")
+        return v
+
+
+class AugmentConfig(Strict):
+    hflip: bool = False
+    vflip: bool = False
+    rotate: float = Field(0.0, ge=0.0, le=180.0, description="max degrees")
+    translate: float = Field(0.0, ge=0.0, le=0.5, description="max fraction of size")
+    scale: float = Field(0.0, ge=0.0, le=0.5, description="max zoom fraction")
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class StageConfig(Strict):
+    epochs: int = Field(ge=0)
+    freeze_backbone: bool = False
+    lr: float | None = Field(None, gt=0)
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainingConfig(Strict):
+    optimizer: Literal["adam", "adamw", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float | None = Field(None, ge=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1)
+    epochs: int = Field(10, ge=0)
+    schedule: Literal["none", "cosine", "step", "plateau"] = "none"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="step schedule: fractions of epochs")
+    gamma: float = Field(0.1, gt=0, le=1)
+    early_stopping: EarlyStopping | None = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    stages: list[StageConfig] | None = None
+    normalize: Literal["auto", "imagenet", "half", "none"] = "auto"
+    threshold: Literal["default", "f1"] = "default"
+    amp: bool = True
+    channels_last: bool = True
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class ClassifierConfig(Strict):
+    name: str
+    label: str | None = None
+    pretrained: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict,
+                                     description="overrides of the suite's training block")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class ReportConfig(Strict):
+    formats: list[Literal["md", "csv", "latex"]] = Field(default_factory=lambda: ["md", "csv", "latex"])
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "balanced_accuracy",
+                                                        "macro_f1", "roc_auc"])
+
+
+class Suite(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    dataset: DatasetConfig
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    arms: list[ArmConfig] = Field(default_factory=lambda: [ArmConfig(name="none")], min_length=1)
+    classifiers: list[ClassifierConfig] = Field(min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    device: str = "auto"
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v):
+        bad = [m for m in v if m not in METRICS]
+        if bad:
+            raise ValueError(f"unknown metric {bad[0]!r}; allowed: {', '.join(METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for what, names in (("arm", [a.name for a in self.arms]),
+                            ("classifier", [c.key for c in self.classifiers])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"{what} names must be unique; {sorted(dup)[0]!r} appears twice "
+                                 "(give classifiers distinct `label`s)")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedSuite:
+    suite: Suite
+    path: Path
+    profile: str | None
+    raw: dict            # the merged mapping that was validated
+
+    @property
+    def hash(self) -> str:
+        """Hash of everything that changes results (profiles and report block excluded)."""
+        data = {k: v for k, v in self.raw.items() if k not in ("profiles", "report", "description")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _lookup(data: Any, loc: tuple) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def format_validation_error(path: Path, err: ValidationError, data: dict) -> str:
+    e = err.errors()[0]
+    # pydantic appends the tag of a union/literal branch to loc; drop non-field parts
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+    field = _loc(loc)
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e["type"] == "extra_forbidden":
+        parent = _lookup(data, loc[:-1])
+        return f"{path}: unknown field `{field}`; check its spelling (fields here: see `medbench validate --schema`)" if parent is None else \
+            f"{path}: unknown field `{field}`"
+    if e["type"] == "missing":
+        return f"{path}: field `{field}` is required"
+    value = _lookup(data, loc)
+    shown = json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    extra = f" ({len(err.errors()) - 1} more problem(s) after this one)" if len(err.errors()) > 1 else ""
+    return f"{path}: field `{field}` = {shown}: {msg}{extra}"
+
+
+def load_suite(path: str | os.PathLike, profile: str | None = None,
+               overrides: dict | None = None) -> LoadedSuite:
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite must be a YAML mapping (name:, dataset:, ...), "
+                         f"got {type(raw).__name__}")
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise SuiteError(f"{path}: field `profiles` must be a mapping of profile name to overrides")
+    merged = raw
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
+            raise SuiteError(f"{path}: unknown profile {profile!r}; this suite has: {known}")
+        if not isinstance(profiles[profile], dict):
+            raise SuiteError(f"{path}: profile {profile!r} must be a mapping of overrides")
+        merged = deep_merge(raw, profiles[profile])
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    try:
+        suite = Suite.model_validate(merged)
+    except ValidationError as err:
+        raise SuiteError(format_validation_error(path, err, merged)) from None
+    return LoadedSuite(suite=suite, path=path.resolve(), profile=profile, raw=merged)
+
+
+def data_root() -> Path | None:
+    root = os.environ.get("MEDBENCH_DATA")
+    return Path(root).expanduser().resolve() if root else None
+
+
+def resolve_data_path(loaded: LoadedSuite) -> Path | None:
+    """Relative dataset paths are looked up under MEDBENCH_DATA, then beside the suite."""
+    p = loaded.suite.dataset.path
+    if p is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(p)))
+    if p.is_absolute():
+        return p
+    root = data_root()
+    candidates = ([root / p] if root else []) + [loaded.path.parent / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    return candidates[0].resolve()

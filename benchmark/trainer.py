@@ -1,0 +1,274 @@
+"""The one trainer every classifier goes through.
+
+Data stays a uint8 tensor on the device; each batch is converted to float, normalised
+and augmented there, in batched tensor ops (no per-image Python). The checkpoint with
+the lowest validation loss is restored at the end; early stopping, LR schedules,
+freeze-then-fine-tune stages, class-weighted loss, AMP and channels_last (CUDA) are
+settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import TrainingError
+from .suite import AugmentConfig, StageConfig, TrainingConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+FALLBACKS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9,
+             "batch_size": 64}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Settings:
+    """Training settings after the classifier's defaults and the suite are merged."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    cfg: TrainingConfig
+
+    @classmethod
+    def resolve(cls, cfg: TrainingConfig, classifier_defaults: dict[str, Any]) -> "Settings":
+        def get(key):
+            value = getattr(cfg, key)
+            if value is None:
+                value = classifier_defaults.get(key, FALLBACKS[key])
+            return value
+        return cls(get("optimizer"), float(get("lr")), float(get("weight_decay")),
+                   float(get("momentum")), int(get("batch_size")), cfg)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    epochs_run: int = 0
+    seconds: float = 0.0
+    images_seen: int = 0
+
+
+class Normalizer:
+    """uint8 batch -> float batch, normalised per channel."""
+
+    def __init__(self, mode: str, channels: int, device: torch.device):
+        if mode == "imagenet":
+            mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+            std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+        elif mode == "half":
+            mean, std = (0.5,) * channels, (0.5,) * channels
+        else:
+            mean, std = (0.0,) * channels, (1.0,) * channels
+        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
+        self.shift = (torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().mul_(self.scale).sub_(self.shift)
+
+
+def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random flips, affine (rotation, translation, zoom) and intensity jitter, batched.
+
+    ``x`` is a normalised float batch on its device; random numbers come from ``gen``
+    (on the CPU, so a seed gives the same augmentation on any device).
+    """
+    n = x.shape[0]
+    dev = x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    if aug.hflip:
+        x = torch.where((rand(n) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+    if aug.vflip:
+        x = torch.where((rand(n) < 0.5).view(-1, 1, 1, 1), x.flip(-2), x)
+    if aug.rotate or aug.translate or aug.scale:
+        angle = (rand(n) * 2 - 1) * math.radians(aug.rotate)
+        zoom = 1 + (rand(n) * 2 - 1) * aug.scale
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        tx, ty = (rand(n) * 2 - 1) * 2 * aug.translate, (rand(n) * 2 - 1) * 2 * aug.translate
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if aug.brightness or aug.contrast:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        c = 1 + (rand(n, 1, 1, 1) * 2 - 1) * aug.contrast
+        b = (rand(n, 1, 1, 1) * 2 - 1) * aug.brightness * 2  # normalised units (std ~0.5)
+        x = (x - mean) * c + mean + b
+    return x
+
+
+def _make_optimizer(params, s: Settings, lr: float) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                           nesterov=s.momentum > 0)
+
+
+def _make_schedule(opt, cfg: TrainingConfig, epochs: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if cfg.schedule == "step":
+        marks = sorted({max(1, int(round(m * epochs))) for m in cfg.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=cfg.gamma)
+    if cfg.schedule == "plateau":
+        patience = max(1, (cfg.early_stopping.patience // 2) if cfg.early_stopping else 3)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.gamma, patience=patience)
+    return None
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator | None):
+    """Index batches over n items; shuffled with gen; never a last batch of one
+    (BatchNorm cannot train on it), which is folded into the previous batch."""
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds.pop(-2)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield order[a:b]
+
+
+class Trainer:
+    def __init__(self, settings: Settings, device: torch.device, normalize: str, channels: int):
+        self.s = settings
+        self.device = device
+        self.norm = Normalizer(normalize, channels, device)
+        self.use_amp = settings.cfg.amp and device.type == "cuda"
+        self.channels_last = settings.cfg.channels_last and device.type == "cuda"
+
+    def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x_uint8.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+        """Softmax probabilities (N x K) and mean cross-entropy (nan without labels)."""
+        model.eval()
+        probs, total = [], 0.0
+        for idx in batches(len(x), self.s.cfg.eval_batch_size, None):
+            with _autocast(self.device, self.use_amp):
+                logits = model(self._prep(x[idx])).float()
+            if y is not None:
+                total += F.cross_entropy(logits, y[idx].to(self.device), weight=weight,
+                                         reduction="sum").item()
+            probs.append(torch.softmax(logits, 1).cpu())
+        p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
+        return p, (total / max(len(x), 1)) if y is not None else float("nan")
+
+    def fit(self, model: nn.Module, head: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+            x_val: torch.Tensor, y_val: torch.Tensor, *, seed: int,
+            class_weights: torch.Tensor | None = None,
+            progress: Callable[[dict], None] | None = None) -> TrainResult:
+        cfg = self.s.cfg
+        dev = self.device
+        model.to(dev)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        gen = torch.Generator().manual_seed(seed)
+        x_train = x_train.to(dev)
+        y_train = y_train.to(dev)
+        weight = class_weights.to(dev) if class_weights is not None else None
+        augmenting = any(bool(v) for v in cfg.augment.model_dump().values())
+        stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
+        head_params = {id(p) for p in head.parameters()}
+        res = TrainResult()
+        best_state = None
+        start = time.perf_counter()
+        total_epochs = sum(st.epochs for st in stages)
+        epoch_no = 0
+        for si, stage in enumerate(stages):
+            for p in model.parameters():
+                p.requires_grad_(not stage.freeze_backbone or id(p) in head_params)
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = _make_optimizer(params, self.s, stage.lr or self.s.lr)
+            sched = _make_schedule(opt, cfg, stage.epochs)
+            since_best = 0
+            stage_best = math.inf
+            for _ in range(stage.epochs):
+                model.train()
+                running, seen = 0.0, 0
+                for idx in batches(len(x_train), self.s.batch_size, gen):
+                    idx = idx.to(dev)
+                    xb = self._prep(x_train[idx])
+                    if augmenting:
+                        xb = augment_batch(xb, cfg.augment, gen)
+                    with _autocast(dev, self.use_amp):
+                        loss = F.cross_entropy(model(xb).float(), y_train[idx], weight=weight)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"training loss became {loss.item()} at epoch {epoch_no + 1} "
+                            f"(lr {opt.param_groups[0]['lr']:.2g}); lower training.lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    running += loss.item() * len(idx)
+                    seen += len(idx)
+                res.images_seen += seen
+                _, val_loss = self.evaluate(model, x_val, y_val, weight)
+                if not math.isfinite(val_loss):
+                    raise TrainingError(f"validation loss became {val_loss} at epoch {epoch_no + 1}")
+                if sched is not None:
+                    sched.step(val_loss) if cfg.schedule == "plateau" else sched.step()
+                epoch_no += 1
+                row = {"epoch": epoch_no, "stage": si, "train_loss": running / max(seen, 1),
+                       "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
+                res.history.append(row)
+                if val_loss < res.best_val_loss:
+                    res.best_val_loss, res.best_epoch = val_loss, epoch_no
+                    best_state = copy.deepcopy(model.state_dict())
+                es = cfg.early_stopping
+                if val_loss < stage_best - (es.min_delta if es else 0.0):
+                    stage_best, since_best = val_loss, 0
+                else:
+                    since_best += 1
+                if progress is not None:
+                    progress({**row, "total_epochs": total_epochs})
+                if es is not None and since_best >= es.patience:
+                    break
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        res.epochs_run = epoch_no
+        res.seconds = time.perf_counter() - start
+        return res
+
+
+def class_weight_vector(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights n / (k * n_c), as scikit-learn's 'balanced'."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_(min=1)
+    return counts.sum() / (num_classes * counts)

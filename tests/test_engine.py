@@ -1,0 +1,198 @@
+"""Engine pieces: injection counts, metrics, splits, training set assembly, trainer."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+from medbench import injection, metrics
+from medbench.data import ImageSet
+from medbench.errors import DataError, SuiteError, TrainingError
+from medbench.runner import Engine
+from medbench.splits import make_folds
+from medbench.suite import Suite, TrainingConfig, load_suite
+from medbench.trainer import Settings, Trainer, augment_batch, batches, class_weight_vector
+
+from conftest import tiny_suite
+
+
+# ------------------------------------------------------------------ injection
+
+
+@pytest.mark.parametrize("counts", [[100, 30, 10], [50, 50], [7, 300, 1, 40], [1, 1, 2]])
+def test_balance_fills_to_majority(counts):
+    add = injection.plan("balance", counts, [str(i) for i in range(len(counts))])
+    assert [c + a for c, a in zip(counts, add)] == [max(counts)] * len(counts)
+
+
+@pytest.mark.parametrize("siir", [0.0, 0.05, 0.2, 0.5, 1.3])
+@pytest.mark.parametrize("counts", [[100, 30, 10], [3616, 10192, 6012, 1345], [5, 9]])
+def test_complementary_total_and_weights(siir, counts):
+    add = injection.plan("complementary", counts, [str(i) for i in range(len(counts))], siir=siir)
+    assert sum(add) == round(siir * sum(counts))
+    gap = [max(counts) - c for c in counts]
+    assert add[int(np.argmax(counts))] == 0
+    # shares follow the complementary frequency within rounding
+    for a, g in zip(add, gap):
+        assert abs(a - sum(add) * g / sum(gap)) < 1.0
+    # smaller classes never get fewer images than larger ones
+    order = np.argsort(counts)
+    assert all(add[order[i]] >= add[order[i + 1]] for i in range(len(counts) - 1))
+
+
+def test_fixed_policy():
+    assert injection.plan("fixed", [10, 40, 5], ["a", "b", "c"], per_class=7) == [7, 0, 7]
+    assert injection.plan("fixed", [10, 40, 5], ["a", "b", "c"], per_class={"c": 3}) == [0, 0, 3]
+    with pytest.raises(SuiteError):
+        injection.plan("fixed", [1, 2], ["a", "b"], per_class={"zz": 1})
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 2 * np.eye(3)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    rows = {(m, c): v for m, c, v in metrics.compute(y, p, ["a", "b", "c"], [
+        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "recall", "specificity",
+        "confusion"])}
+    pred = p.argmax(1)
+    assert rows[("accuracy", "")] == pytest.approx((pred == y).mean())
+    assert rows[("balanced_accuracy", "")] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert rows[("macro_f1", "")] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert rows[("roc_auc", "")] == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    # specificity of class a: true negatives / negatives
+    neg = y != 0
+    assert rows[("specificity", "a")] == pytest.approx(((pred != 0) & neg).sum() / neg.sum())
+    assert sum(v for (m, _), v in rows.items() if m == "confusion") == 200
+    assert rows[("confusion", "b->b")] == ((y == 1) & (pred == 1)).sum()
+
+
+def test_threshold_tuning_improves_val_f1():
+    rng = np.random.default_rng(1)
+    y = (rng.random(300) < 0.2).astype(int)
+    score = np.clip(0.25 + 0.3 * y + rng.normal(0, 0.12, 300), 0, 1)
+    p = np.stack([1 - score, score], 1)
+    t = metrics.tune_threshold(y, p)
+    assert f1_score(y, (score >= t).astype(int)) >= f1_score(y, (score >= 0.5).astype(int))
+    assert t < 0.5
+
+
+# ------------------------------------------------------------------ splits
+
+
+def _imageset(counts, splits=None):
+    labels = np.concatenate([[c] * n for c, n in enumerate(counts)])
+    imgs = torch.arange(len(labels) * 4, dtype=torch.int64).remainder(256).to(torch.uint8)
+    return ImageSet(imgs.view(-1, 1, 2, 2), torch.from_numpy(labels),
+                    [f"c{i}" for i in range(len(counts))], splits=splits)
+
+
+def test_kfold_partitions_every_image_into_one_test_fold():
+    ds = _imageset([50, 20, 10])
+    folds = make_folds(ds, "kfold", seed=3, folds=5)
+    test = np.concatenate([f.test for f in folds])
+    assert sorted(test.tolist()) == list(range(len(ds)))
+    for f in folds:
+        assert not set(f.train) & set(f.test) and not set(f.val) & set(f.test)
+        assert np.bincount(ds.labels.numpy()[f.test], minlength=3).min() >= 2  # stratified
+    assert [f.test.tolist() for f in folds] == [f.test.tolist() for f in make_folds(ds, "kfold", seed=3, folds=5)]
+
+
+def test_holdout_uses_the_datasets_own_splits():
+    splits = ["train"] * 60 + ["test"] * 20
+    rng = np.random.default_rng(0)
+    order = rng.permutation(80)
+    ds = _imageset([40, 40], splits=[splits[i] for i in order])
+    (fold,) = make_folds(ds, "holdout", seed=0, val_fraction=0.2)
+    assert sorted(fold.test.tolist()) == ds.split_index("test").tolist()
+    assert set(fold.val) <= set(ds.split_index("train").tolist())
+
+
+def test_too_few_images_is_a_clear_error():
+    with pytest.raises(DataError, match="needs at least 5 images per class"):
+        make_folds(_imageset([30, 3]), "kfold", seed=0, folds=5)
+
+
+# ------------------------------------------------------------------ training set
+
+
+def test_synthetic_images_only_enter_training(write_suite):
+    loaded = load_suite(write_suite(tiny_suite()))
+    from medbench.runner import load_dataset
+    ds, _ = load_dataset(loaded)
+    engine = Engine(loaded, ds, torch.device("cpu"))
+    arm = engine.arm("oversample")
+    for fold in engine.folds(0):
+        x, y, synth, wanted = engine.training_set(arm, fold, 0)
+        real_train = ds.images[torch.from_numpy(fold.train)]
+        assert torch.equal(x[~synth], real_train)            # real part untouched
+        counts = torch.bincount(y, minlength=3).tolist()
+        assert counts == [max(counts)] * 3                   # balance policy
+        assert int(synth.sum()) == sum(wanted)
+        # every synthetic image is a copy of a training image of its own class, and the
+        # held-out images are exactly the dataset's real images of the fold
+        train_rows = {(bytes(img.numpy().tobytes()), int(lbl)) for img, lbl in
+                      zip(real_train, ds.labels[torch.from_numpy(fold.train)])}
+        for img, lbl in zip(x[synth], y[synth]):
+            assert (bytes(img.numpy().tobytes()), int(lbl)) in train_rows
+        held_out = set(fold.val.tolist()) | set(fold.test.tolist())
+        assert not held_out & set(fold.train.tolist())
+
+
+# ------------------------------------------------------------------ trainer
+
+
+def _settings(**kw):
+    return Settings.resolve(TrainingConfig(**kw), {"optimizer": "adam", "lr": 1e-2, "batch_size": 8})
+
+
+def test_batches_cover_everything_and_avoid_singletons():
+    for n in (1, 9, 16, 17, 33):
+        got = torch.cat(list(batches(n, 8, torch.Generator().manual_seed(0))))
+        assert sorted(got.tolist()) == list(range(n))
+        assert all(len(b) != 1 for b in batches(n, 8, None)) or n == 1
+
+
+def test_augment_batch_is_seeded_and_shape_preserving():
+    from medbench.suite import AugmentConfig
+    x = torch.randn(6, 1, 16, 16)
+    aug = AugmentConfig(hflip=True, rotate=15, translate=0.1, scale=0.1, brightness=0.2, contrast=0.2)
+    a = augment_batch(x, aug, torch.Generator().manual_seed(5))
+    b = augment_batch(x, aug, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_nan_loss_is_a_training_error():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model.head = model[1]
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    x = torch.randint(0, 255, (10, 1, 2, 2), dtype=torch.uint8)
+    y = torch.randint(0, 2, (10,))
+    trainer = Trainer(_settings(epochs=1), torch.device("cpu"), "half", 1)
+    with pytest.raises(TrainingError, match="NaN|nan"):
+        trainer.fit(model, model.head, x, y, x, y, seed=0)
+
+
+def test_frozen_backbone_stage_changes_only_the_head():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 2))
+    model.head = model[3]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 255, (32, 1, 2, 2), dtype=torch.uint8)
+    y = (x.float().mean((1, 2, 3)) > 127).long()
+    cfg = TrainingConfig(stages=[{"epochs": 3, "freeze_backbone": True}], epochs=3)
+    trainer = Trainer(Settings.resolve(cfg, {"lr": 0.05}), torch.device("cpu"), "half", 1)
+    trainer.fit(model, model.head, x, y, x, y, seed=0)
+    after = model.state_dict()
+    assert torch.equal(before["1.weight"], after["1.weight"])
+    assert not torch.equal(before["3.weight"], after["3.weight"])
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weight_vector(torch.tensor([0] * 6 + [1] * 3 + [2]), 3)
+    assert torch.allclose(w, torch.tensor([10 / 18, 10 / 9, 10 / 3]))

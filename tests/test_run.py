@@ -1,0 +1,127 @@
+"""End to end: run, determinism, resume after SIGKILL, reports."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from medbench.cli import cli
+
+from conftest import ROOT, tiny_suite
+
+METRIC_COLS = ["arm", "classifier", "seed", "fold", "metric", "class", "value"]
+
+
+def _run(suite_path, out, *extra):
+    r = CliRunner().invoke(cli, ["run", str(suite_path), "--out", str(out), "--quiet", *extra])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_run_writes_tidy_results_and_prints_summary(write_suite, tmp_path):
+    out = tmp_path / "res"
+    r = _run(write_suite(tiny_suite()), out)
+    assert "mean ± std" in r.stdout and "oversample" in r.stdout
+    df = pd.read_parquet(out / "results.parquet")
+    for col in METRIC_COLS + ["suite", "suite_hash", "git_commit", "torch_version", "device",
+                              "medbench_version", "n_synthetic", "n_train_real"]:
+        assert col in df.columns
+    assert set(df.arm) == {"none", "oversample"} and set(df.fold) == {0, 1, 2}
+    acc = df[df.metric == "accuracy"]
+    assert len(acc) == 6 and acc.value.between(0, 1).all()
+    assert (df[df.arm == "none"].n_synthetic == 0).all()
+    assert (df[df.arm == "oversample"].n_synthetic > 0).all()
+    csv = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert len(csv) == len(df)
+
+
+def test_same_seed_same_numbers(write_suite, tmp_path):
+    path = write_suite(tiny_suite())
+    _run(path, tmp_path / "a")
+    _run(path, tmp_path / "b")
+    a = pd.read_parquet(tmp_path / "a" / "results.parquet")[METRIC_COLS]
+    b = pd.read_parquet(tmp_path / "b" / "results.parquet")[METRIC_COLS]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_rerun_skips_finished_cells_and_changed_config_is_refused(write_suite, tmp_path):
+    out = tmp_path / "res"
+    path = write_suite(tiny_suite())
+    _run(path, out)
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.parquet")}
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert r.exit_code == 0 and "6 of 6 cells already done" in r.stderr
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.parquet")}
+    changed = tiny_suite(training={"epochs": 3, "batch_size": 16})
+    r = CliRunner().invoke(cli, ["run", str(write_suite(changed, "changed.yaml")), "--out", str(out)])
+    assert r.exit_code == 2 and "different configuration" in r.stderr
+    assert len(list((out / "cells").glob("*.parquet"))) == 6
+
+
+def test_sigkill_mid_suite_then_resume_equals_uninterrupted(write_suite, tmp_path):
+    suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
+                             {"name": "oversample", "generator": "oversample"}])
+    path = write_suite(suite)
+    _run(path, tmp_path / "full")
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "run", str(path), "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    done_lines = 0
+    for line in proc.stderr:                 # blocks on the child's output, no sleeping
+        if "] done " in line:
+            done_lines += 1
+            if done_lines == 4:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = len(list((out / "cells").glob("*.parquet")))
+    assert 4 <= finished < 9
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert r.exit_code == 0
+    assert f"{finished} of 9 cells already done" in r.stderr
+    a = pd.read_parquet(tmp_path / "full" / "results.parquet")[METRIC_COLS]
+    b = pd.read_parquet(out / "results.parquet")[METRIC_COLS]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path):
+    out = tmp_path / "res"
+    _run(write_suite(tiny_suite()), out)
+    rep = tmp_path / "rep"
+    r = CliRunner().invoke(cli, ["report", str(out), "--out", str(rep)])
+    assert r.exit_code == 0, r.output
+    md = (rep / "summary.md").read_text()
+    assert md.splitlines()[2].startswith("Made by: `medbench run")
+    assert "| oversample | smallcnn | 3 |" in md and "±" in md
+    assert r"\toprule" in (rep / "summary.tex").read_text()
+    first = {p.name: p.read_bytes() for p in rep.iterdir()}
+    CliRunner().invoke(cli, ["report", str(out), "--out", str(rep)])
+    assert first == {p.name: p.read_bytes() for p in rep.iterdir()}
+
+
+def test_report_on_missing_folder_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "not found" in r.stderr
+
+
+def test_unwritable_output_is_a_clear_error(write_suite, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out", str(blocker / "sub")])
+    assert r.exit_code == 2 and "cannot write results" in r.stderr
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_offline_and_beats_chance(tmp_path):
+    out = tmp_path / "quick"
+    r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / "quick.yaml"), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out / "results.parquet")
+    bacc = df[df.metric == "balanced_accuracy"].groupby("arm").value.mean()
+    assert (bacc > 0.6).all(), bacc        # 3 classes: chance is 1/3

@@ -1,0 +1,121 @@
+"""Suite validation: malformed suites give exit code 2 and one line, never a traceback."""
+
+import copy
+
+import pytest
+from click.testing import CliRunner
+
+from medbench.cli import cli
+from medbench.errors import SuiteError
+from medbench.suite import load_suite
+
+from conftest import ROOT, tiny_suite
+
+
+def _bad(**kw):
+    s = tiny_suite()
+    for path, value in kw.items():
+        node = s
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[int(k)] if k.isdigit() else node[k]
+        last = keys[-1]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+    return s
+
+
+MALFORMED = {
+    "not yaml": ("name: x\ndataset: [unclosed\n", "not valid YAML"),
+    "empty file": ("", "must be a YAML mapping"),
+    "top-level list": ("- a\n- b\n", "must be a YAML mapping"),
+    "missing dataset": (_bad(dataset=KeyError), "`dataset` is required"),
+    "typo field": ({**tiny_suite(), "clasifiers": []}, "unknown field `clasifiers`"),
+    "negative size": (_bad(dataset__image_size=-5), "dataset.image_size"),
+    "two channels": (_bad(dataset__channels=2), "dataset.channels"),
+    "lr not a number": (_bad(training__lr="fast"), "training.lr"),
+    "protocol kind": (_bad(protocol__kind="bootstrap"), "protocol.kind"),
+    "repeated seeds": (_bad(protocol__seeds=[1, 1]), "seeds must be distinct"),
+    "duplicate arms": (_bad(arms=[{"name": "none"}, {"name": "none"}]), "appears twice"),
+    "unknown metric": (_bad(metrics=["accuracy", "kappa"]), "unknown metric 'kappa'"),
+    "no classifiers": (_bad(classifiers=[]), "classifiers"),
+    "unknown loader": (_bad(dataset__loader="nosuch"), "unknown dataset plugin 'nosuch'"),
+    "unknown classifier": (_bad(classifiers=[{"name": "resnet999"}]),
+                           "unknown classifier plugin 'resnet999'"),
+    "unknown generator": (_bad(arms=[{"name": "g", "generator": "stylegan9"}]),
+                          "unknown generator plugin 'stylegan9'"),
+    "bad suite name": (_bad(name="my suite/1"), "field `name`"),
+    "bad injection": (_bad(arms=[{"name": "o", "generator": "oversample",
+                                  "injection": {"policy": "magic"}}]), "injection.policy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_suite_exit_2_one_line(case, write_suite):
+    content, expected = MALFORMED[case]
+    path = write_suite(content)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert expected in err, err
+    # the message names the file
+    assert str(path) in err or case in ("unknown loader", "unknown classifier", "unknown generator")
+
+
+def test_run_rejects_bad_suite_without_touching_results(write_suite, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    path = write_suite(_bad(training__epochs=-1))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 2
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_missing_file_and_unknown_profile(write_suite, tmp_path):
+    r = CliRunner().invoke(cli, ["validate", str(tmp_path / "nope.yaml")])
+    assert r.exit_code == 2 and "not found" in r.stderr
+    path = write_suite(tiny_suite())
+    r = CliRunner().invoke(cli, ["validate", str(path), "--profile", "gpu9000"])
+    assert r.exit_code == 2 and "unknown profile 'gpu9000'" in r.stderr
+
+
+def test_profile_overrides_are_deep_merged(write_suite):
+    s = tiny_suite(profiles={"smoke": {"training": {"epochs": 1}, "dataset": {"image_size": 12}}})
+    path = write_suite(s)
+    base = load_suite(path)
+    smoke = load_suite(path, "smoke")
+    assert base.suite.training.epochs == 2 and smoke.suite.training.epochs == 1
+    assert smoke.suite.training.batch_size == 16          # untouched keys survive
+    assert smoke.suite.dataset.image_size == 12
+    assert smoke.suite.dataset.options["counts"] == [60, 24, 12]
+    assert base.hash != smoke.hash
+
+
+def test_hash_ignores_report_block_but_not_training(write_suite):
+    s1 = tiny_suite()
+    s2 = copy.deepcopy(s1)
+    s2["report"] = {"formats": ["md"]}
+    s3 = copy.deepcopy(s1)
+    s3["training"]["epochs"] = 3
+    h = [load_suite(write_suite(s, f"s{i}.yaml")).hash for i, s in enumerate((s1, s2, s3))]
+    assert h[0] == h[1] != h[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_suites_validate(path):
+    loaded = load_suite(path)
+    for profile in loaded.suite.profiles:
+        load_suite(path, profile)
+    r = CliRunner().invoke(cli, ["validate", str(path)])
+    assert r.exit_code == 0, r.output
+
+
+def test_load_suite_raises_suite_error(write_suite):
+    with pytest.raises(SuiteError):
+        load_suite(write_suite("name: [1, 2"))
