@@ -140,7 +140,7 @@ def plugins():
     """List every plugin: name, kind, package and version."""
     from rich.console import Console
     from rich.table import Table
-    from .plugins import registry
+    from .registry import registry
     reg = registry()
     t = Table(title="medbench plugins")
     for c in ("name", "kind", "package", "version", "description"):
@@ -155,7 +155,7 @@ def plugins():
 
 def _add_plugin_commands() -> None:
     try:
-        from .plugins import registry
+        from .registry import registry
         registry().manager.hook.register_commands(cli=cli)
     except MedbenchError as exc:
         click.echo(f"warning: plugin commands not loaded: {exc}", err=True)

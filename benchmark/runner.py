@@ -19,7 +19,7 @@ from . import __version__, injection, metrics
 from .api import DatasetSpec
 from .data import ImageSet, conform, handle_duplicates
 from .errors import DataError, MedbenchError, PluginError
-from .plugins import registry
+from .registry import registry
 from .splits import Fold, make_folds
 from .store import ResultsStore, atomic_text, safe_name
 from .suite import ArmConfig, ClassifierConfig, LoadedSuite, resolve_data_path

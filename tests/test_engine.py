@@ -145,6 +145,18 @@ def test_synthetic_images_only_enter_training(write_suite):
 # ------------------------------------------------------------------ trainer
 
 
+class _Net(torch.nn.Module):
+    """body + head, the head reachable as .head (a Sequential would run it twice)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), *layers[:-1])
+        self.head = layers[-1]
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 def _settings(**kw):
     return Settings.resolve(TrainingConfig(**kw), {"optimizer": "adam", "lr": 1e-2, "batch_size": 8})
 
@@ -166,10 +178,9 @@ def test_augment_batch_is_seeded_and_shape_preserving():
 
 
 def test_nan_loss_is_a_training_error():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    model.head = model[1]
+    model = _Net(torch.nn.Linear(4, 2))
     with torch.no_grad():
-        model[1].weight.fill_(float("nan"))
+        model.head.weight.fill_(float("nan"))
     x = torch.randint(0, 255, (10, 1, 2, 2), dtype=torch.uint8)
     y = torch.randint(0, 2, (10,))
     trainer = Trainer(_settings(epochs=1), torch.device("cpu"), "half", 1)
@@ -179,9 +190,7 @@ def test_nan_loss_is_a_training_error():
 
 def test_frozen_backbone_stage_changes_only_the_head():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 2))
-    model.head = model[3]
+    model = _Net(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 255, (32, 1, 2, 2), dtype=torch.uint8)
     y = (x.float().mean((1, 2, 3)) > 127).long()
@@ -189,8 +198,8 @@ def test_frozen_backbone_stage_changes_only_the_head():
     trainer = Trainer(Settings.resolve(cfg, {"lr": 0.05}), torch.device("cpu"), "half", 1)
     trainer.fit(model, model.head, x, y, x, y, seed=0)
     after = model.state_dict()
-    assert torch.equal(before["1.weight"], after["1.weight"])
-    assert not torch.equal(before["3.weight"], after["3.weight"])
+    assert torch.equal(before["body.1.weight"], after["body.1.weight"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
 
 
 def test_class_weights_are_inverse_frequency():

@@ -9,7 +9,7 @@ import textwrap
 import pandas as pd
 import yaml
 
-from medbench.plugins import build_registry
+from medbench.registry import build_registry
 
 from conftest import tiny_suite
 
@@ -25,10 +25,17 @@ class ToyNet(Classifier):
     default_training = {"optimizer": "adam", "lr": 0.01}
 
     def build(self, num_classes, in_channels, image_size, *, pretrained=False, dropout=0.0):
-        model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                              nn.Linear(in_channels * 16, num_classes))
-        model.head = model[2]
-        return model
+        return Toy(in_channels, num_classes)
+
+
+class Toy(nn.Module):
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.head = nn.Linear(in_channels * 16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(x))
 
 
 @hookimpl
