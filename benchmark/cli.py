@@ -51,8 +51,9 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
-def _command_line() -> str:
-    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(*args) -> str:
+    """The command that reproduces this run, as a user would type it."""
+    args = " ".join(shlex.quote(str(a)) for a in args if a is not None)
     env = os.environ.get("MEDBENCH_DATA")
     prefix = f"MEDBENCH_DATA={shlex.quote(env)} " if env else ""
     return f"{prefix}medbench {args}".strip()
@@ -91,7 +92,7 @@ def run(suite, out, profile, executor, device, quiet):
     if out is None:
         out = Path("results") / (loaded.suite.name + (f"-{profile}" if profile else ""))
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
-                   command=_command_line())
+                   command=_command_line("run", suite, *(("--profile", profile) if profile else ())))
     if df.empty:
         click.echo("no cell finished; see the messages above")
         return

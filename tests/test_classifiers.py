@@ -18,7 +18,6 @@ from torch import nn
 from medbench.api import Classifier
 from medbench.errors import PluginError
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("smallcnn", "torchvision_models", "resnet50v2")
 
 
@@ -189,6 +188,10 @@ def test_smallcnn_grid_keeps_dense_size_fixed():
     assert paper.head[1].in_features == 128 * 28 * 28
     assert paper.head[1].out_features == 64
     assert paper(torch.rand(1, 3, 224, 224)).shape == (1, 2)
+    # numpy integers (shapes from arrays) are fine
+    import numpy as np
+    model = clf.build(np.int64(2), np.int64(1), np.int64(28))
+    assert model(torch.rand(1, 1, 28, 28)).shape == (1, 2)
     # tiny images (the engine's phantom tests use 16 px) still work
     assert clf.build(2, 1, 8)(torch.rand(2, 1, 8, 8)).shape == (2, 2)
 

@@ -124,6 +124,7 @@ class ResNet50V2(Classifier):
     def build(self, num_classes, in_channels, image_size, *, pretrained=False, dropout=0.0,
               **params):
         check_build_args(self.name, num_classes, in_channels, image_size, dropout, params)
+        num_classes, in_channels, image_size = int(num_classes), int(in_channels), int(image_size)
         if pretrained:
             raise PluginError(f"classifier {self.name!r} has no pretrained weights (torchvision "
                               "ships none for ResNet50V2); set pretrained: false")

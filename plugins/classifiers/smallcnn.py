@@ -60,6 +60,7 @@ class SmallCNN(Classifier):
               **params):
         opts = check_build_args(self.name, num_classes, in_channels, image_size, dropout,
                                 params, accepted={"hidden": 128, "grid": 3})
+        num_classes, in_channels, image_size = int(num_classes), int(in_channels), int(image_size)
         for key in ("hidden", "grid"):
             value = opts[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

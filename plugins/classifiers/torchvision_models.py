@@ -40,6 +40,7 @@ This module also holds the argument checks shared by the built-in classifiers.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import re
 import tempfile
@@ -76,10 +77,10 @@ def check_build_args(name: str, num_classes: Any, in_channels: Any, image_size: 
                           f"{', '.join(map(repr, unknown))}; accepted parameters: {ok}")
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels),
                          ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise PluginError(f"classifier {name!r}: {label} must be a positive integer, "
                               f"got {value!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
             or not 0.0 <= float(dropout) < 1.0:
         raise PluginError(f"classifier {name!r}: dropout must be in [0, 1), got {dropout!r}")
     return {**accepted, **params}
@@ -201,6 +202,7 @@ class TorchvisionClassifier(Classifier):
     def build(self, num_classes, in_channels, image_size, *, pretrained=False, dropout=0.0,
               **params):
         check_build_args(self.name, num_classes, in_channels, image_size, dropout, params)
+        num_classes, in_channels, image_size = int(num_classes), int(in_channels), int(image_size)
         if image_size < self.min_image_size:
             raise PluginError(f"classifier {self.name!r} needs images of at least "
                               f"{self.min_image_size} px, got {image_size}")
