@@ -155,11 +155,19 @@ def plugins():
 
 
 def _add_plugin_commands() -> None:
+    """Let each plugin add its commands; one that fails is reported and skipped."""
+    from .registry import registry
     try:
-        from .registry import registry
-        registry().manager.hook.register_commands(cli=cli)
+        reg = registry()
     except MedbenchError as exc:
-        click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+        click.echo(f"warning: plugins not loaded: {exc}", err=True)
+        return
+    for impl in reg.manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin never stops the tool
+            click.echo(f"warning: commands of plugin {impl.plugin_name} skipped: "
+                       f"{type(exc).__name__}: {exc}", err=True)
 
 
 def main(argv=None):

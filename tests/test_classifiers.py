@@ -120,6 +120,9 @@ def test_builds_forward_head_backward(name, channels, size):
     assert isinstance(model, nn.Module)
     conv = _first_conv(model)
     assert conv.in_channels == channels
+    if name == "vgg16":     # the fifth max-pool would get a 1x1 map at 28 px
+        pools = sum(isinstance(m, nn.MaxPool2d) for m in model.features)
+        assert pools == (4 if size == 28 else 5)
 
     head = clf.head(model)
     assert isinstance(head, nn.Module) and head is model.head
@@ -167,9 +170,6 @@ def test_small_input_adaptations():
     assert isinstance(small.maxpool, nn.Identity)
     assert big.conv1.kernel_size == (7, 7) and big.conv1.stride == (2, 2)
     assert isinstance(big.maxpool, nn.MaxPool2d)
-    pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.features)  # noqa: E731
-    assert pools(REGISTERED["vgg16"]().build(2, 3, 28)) == 4
-    assert pools(REGISTERED["vgg16"]().build(2, 3, 32)) == 5
     assert REGISTERED["alexnet"]().build(2, 1, 28).features[0].stride == (1, 1)
     assert REGISTERED["alexnet"]().build(2, 1, 64).features[0].stride == (4, 4)
     v2 = REGISTERED["resnet50v2"]()
@@ -323,8 +323,8 @@ def test_resnet50v2_matches_keras_size():
 def _squares(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """28 px, 1 channel, unit Gaussian noise plus a faint (+0.7) 6x6 square near the
     top-left (class 0) or bottom-right (class 1) corner, shifted by 0-4 px. Tuned so that
-    60 Adam steps reach 96-99% on held-out samples (seeds 0-5) while 10 steps mostly
-    stay under 75%: the test fails if the network does not really learn."""
+    60 Adam steps reach 95-99% on held-out samples (seeds 0-5) while 5 steps stay under
+    80%: the test fails if the network does not really learn."""
     y = torch.randint(0, 2, (n,), generator=gen)
     x = torch.randn(n, 1, 28, 28, generator=gen)
     shift = torch.randint(0, 5, (n, 2), generator=gen)

@@ -1,6 +1,7 @@
 """End to end: run, determinism, resume after SIGKILL, reports."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     r = CliRunner().invoke(cli, ["report", str(out), "--out", str(rep)])
     assert r.exit_code == 0, r.output
     md = (rep / "summary.md").read_text()
-    assert md.splitlines()[2].startswith("Made by: `medbench run")
+    # the command that made it, with the data root when MEDBENCH_DATA is set (as in CI)
+    assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S+suite\.yaml` then "
+                    r"`medbench report \S+`", md.splitlines()[2]), md.splitlines()[2]
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
     assert r"\toprule" in (rep / "summary.tex").read_text()
     first = {p.name: p.read_bytes() for p in rep.iterdir()}

@@ -12,6 +12,9 @@ paper's; larger inputs are averaged down to 3x3. ``params: {grid: 28}`` at 224 p
 restores the paper's flatten size. Below 8 px a max-pool whose input is already 1 px is
 left out, so tiny images still work.
 
+Weights start as in Keras (the paper's framework): Glorot-uniform kernels, zero biases;
+on the phantom set this learns a little faster early on than PyTorch's default init.
+
 Parameters (``params`` in a suite): ``hidden`` (128), ``grid`` (3).
 """
 
@@ -45,6 +48,10 @@ class SmallCNNNet(nn.Module):
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(channels * grid * grid, hidden), nn.ReLU(inplace=True),
             nn.Dropout(p=dropout), nn.Linear(hidden, num_classes))
+        for m in self.modules():           # Keras defaults, as in the paper's model
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         return self.head(self.pool(self.features(x)))
