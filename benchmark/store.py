@@ -18,6 +18,8 @@ import pandas as pd
 from .errors import ResultsError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -26,6 +28,7 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; results are for sharing
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -126,5 +126,7 @@ def test_quick_suite_runs_offline_and_beats_chance(tmp_path):
     r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / "quick.yaml"), "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
     df = pd.read_parquet(out / "results.parquet")
-    bacc = df[df.metric == "balanced_accuracy"].groupby("arm").value.mean()
-    assert (bacc > 0.6).all(), bacc        # 3 classes: chance is 1/3
+    mean = df[df["class"] == ""].groupby(["metric", "arm"]).value.mean()
+    # 3 classes, 6:2:1: a majority-class guess has balanced accuracy 1/3 and AUC 0.5
+    assert (mean["balanced_accuracy"] > 0.45).all(), mean["balanced_accuracy"]
+    assert (mean["roc_auc"] > 0.7).all(), mean["roc_auc"]
