@@ -12,8 +12,7 @@ paper's; larger inputs are averaged down to 3x3. ``params: {grid: 28}`` at 224 p
 restores the paper's flatten size. Below 8 px a max-pool whose input is already 1 px is
 left out, so tiny images still work.
 
-Weights start as in Keras (the paper's framework): Glorot-uniform kernels, zero biases;
-on the phantom set this learns a little faster early on than PyTorch's default init.
+Weights start as in Keras (the paper's framework): Glorot-uniform kernels, zero biases.
 
 Parameters (``params`` in a suite): ``hidden`` (128), ``grid`` (3).
 """
