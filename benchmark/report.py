@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .store import ResultsStore, atomic_text
+from .files import atomic_text
+from .store import ResultsStore
 
 LABELS = {
     "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",

@@ -21,7 +21,8 @@ from .data import ImageSet, conform, handle_duplicates
 from .errors import DataError, MedbenchError, PluginError
 from .registry import registry
 from .splits import Fold, make_folds
-from .store import ResultsStore, atomic_text, safe_name
+from .files import atomic_text
+from .store import ResultsStore, safe_name
 from .suite import ArmConfig, ClassifierConfig, LoadedSuite, resolve_data_path
 from .trainer import Settings, Trainer, class_weight_vector, pick_device
 

@@ -1,5 +1,7 @@
 """Engine pieces: injection counts, metrics, splits, training set assembly, trainer."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from medbench.data import ImageSet
 from medbench.errors import DataError, SuiteError, TrainingError
 from medbench.runner import Engine
 from medbench.splits import make_folds
-from medbench.suite import Suite, TrainingConfig, load_suite
+from medbench.suite import TrainingConfig, load_suite
 from medbench.trainer import Settings, Trainer, augment_batch, batches, class_weight_vector
 
 from conftest import tiny_suite
@@ -205,3 +207,27 @@ def test_frozen_backbone_stage_changes_only_the_head():
 def test_class_weights_are_inverse_frequency():
     w = class_weight_vector(torch.tensor([0] * 6 + [1] * 3 + [2]), 3)
     assert torch.allclose(w, torch.tensor([10 / 18, 10 / 9, 10 / 3]))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_atomic_write_honours_umask_and_leaves_nothing_on_failure(tmp_path):
+    from medbench.files import atomic_text, atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_text(tmp_path / "a.txt", "hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640   # not mkstemp's 0600
+
+    def half_then_fail(p):
+        p.write_text("partial")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "a.txt", half_then_fail)
+    assert (tmp_path / "a.txt").read_text() == "hello"              # old content kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary left

@@ -39,13 +39,11 @@ This module also holds the argument checks shared by the built-in classifiers.
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 import os
 import re
-import tempfile
 import urllib.parse
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +51,7 @@ from torch import nn
 
 from medbench.api import Classifier
 from medbench.errors import PluginError
+from medbench.files import fetch
 from medbench.hookspecs import hookimpl
 
 SMALL_INPUT = 64          # image_size below this uses the small-input adaptations
@@ -150,25 +149,12 @@ def weights_location(weights) -> tuple[str, str]:
 def _download(url: str, dst: str, timeout: float = DOWNLOAD_TIMEOUT) -> None:
     """Fetch ``url`` to ``dst`` atomically; check the sha256 prefix that torchvision
     puts in its file names (``name-<hash>.pth``)."""
-    folder = os.path.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".partial")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-        m = re.search(r"-([a-f0-9]+)\.", os.path.basename(dst))
-        if m and not digest.hexdigest().startswith(m.group(1)):
+    m = re.search(r"-([a-f0-9]+)\.", os.path.basename(dst))
+
+    def check(digest: str) -> None:
+        if m and not digest.startswith(m.group(1)):
             raise OSError(f"checksum mismatch (expected sha256 prefix {m.group(1)})")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    fetch(url, Path(dst), algo="sha256", timeout=timeout, check=check)
 
 
 def ensure_weights(name: str, weights) -> str:

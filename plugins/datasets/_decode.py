@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from medbench.errors import DataError
-from medbench.store import atomic_write
+from medbench.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RESIZE_METHODS = ("squash", "center-crop")
@@ -85,15 +85,10 @@ def file_digest(path: Path, algo: str = "md5", chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda p: p.write_bytes(data))
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace (atomic)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """torch.save straight into a temporary file beside ``path``, then rename (atomic);
+    no second in-memory copy of a large decoded dataset."""
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +24,10 @@ import torch
 from medbench.api import DatasetLoader, DatasetSpec
 from medbench.data import ImageSet, convert_channels, resize_images
 from medbench.errors import DataError
+from medbench.files import atomic_text, fetch
 from medbench.hookspecs import hookimpl
 
-from ._decode import (atomic_write_bytes, check_options, check_spec, file_digest, opt_bool,
+from ._decode import (check_options, check_spec, file_digest, opt_bool,
                       opt_choice)
 
 URL_PATTERN = "https://zenodo.org/records/10519652/files/{filename}?download=1"
@@ -189,7 +187,7 @@ def verify_md5(file: Path, expected: str, cache_dir: Path | None) -> bool:
     if cache_file is not None:
         known[key] = stamp
         try:
-            atomic_write_bytes(cache_file, json.dumps(known, indent=1, sort_keys=True).encode())
+            atomic_text(cache_file, json.dumps(known, indent=1, sort_keys=True))
         except OSError:
             pass                                   # an unwritable cache only costs time
     return True
@@ -200,31 +198,21 @@ def _md5_of(file: Path) -> str:
 
 
 def download(url: str, dest: Path, md5: str | None) -> None:
-    """Fetch ``url`` into a temporary file beside ``dest``, check the MD5, then rename
-    atomically. Any failure raises a one-line DataError and leaves nothing behind."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    h = hashlib.md5()
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, \
-                    urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    h.update(block)
-                    out.write(block)
-        except Exception as exc:                   # URLError, timeouts, HTTP errors, ...
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(
-                f"medmnist: could not download {url} ({reason}); download it by hand "
-                f"({_md5_text(dest.name)}) and put it at {dest}") from None
-        got = h.hexdigest()
+    """Fetch ``url`` to ``dest`` (atomic) and check its MD5. Any failure raises a one-line
+    DataError and leaves nothing behind."""
+    def check(got: str) -> None:
         if md5 and got != md5:
             raise DataError(f"medmnist: the download of {url} has MD5 {got}, expected {md5}; "
                             f"nothing was saved; try again or put the official file at {dest}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    try:
+        fetch(url, dest, algo="md5", timeout=DOWNLOAD_TIMEOUT_S, check=check)
+    except DataError:
+        raise
+    except Exception as exc:                       # URLError, timeouts, HTTP errors, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"medmnist: could not download {url} ({reason}); download it by hand "
+            f"({_md5_text(dest.name)}) and put it at {dest}") from None
 
 
 class MedMNIST(DatasetLoader):
