@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import traceback
@@ -84,7 +85,7 @@ def validate(suite, profile):
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def run(suite, out, profile, executor, device, quiet):
     """Run a suite; finished cells are kept, so rerunning resumes."""
-    from .report import summarize, wide
+    from .report import summarize, wide, with_minority_recall
     from .runner import run_suite
     from .suite import load_suite
     loaded = load_suite(suite, profile)
@@ -95,7 +96,11 @@ def run(suite, out, profile, executor, device, quiet):
     if df.empty:
         click.echo("no cell finished; see the messages above")
         return
-    table = wide(summarize(df, loaded.suite.report.metrics))
+    metrics = loaded.suite.report.metrics
+    if "minority_recall" in metrics:
+        data = json.loads((out / "data_report.json").read_text())
+        df, _ = with_minority_recall(df, data)
+    table = wide(summarize(df, metrics))
     _print_table(table, f"{loaded.suite.name}: mean ± std on the real test fold(s)")
     click.echo(f"results: {out / 'results.parquet'} (and results.csv); tables: "
                f"medbench report {out}")

@@ -23,3 +23,8 @@ class TrainingError(MedbenchError):
 
 class ResultsError(MedbenchError):
     """A results folder that cannot be written, read or resumed."""
+
+
+class GeneratorDiverged(TrainingError):
+    """A GAN's loss became NaN or Inf, or its samples collapsed to one image. The cells
+    that needed it are recorded as failed with this reason and the suite goes on."""

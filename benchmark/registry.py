@@ -23,6 +23,9 @@ BUILTIN_MODULES = (
     "medbench.plugins.datasets.medmnist",
     "medbench.plugins.datasets.folder",
     "medbench.plugins.generators.oversample",
+    "medbench.plugins.generators.classical",
+    "medbench.plugins.generators.dcgan",
+    "medbench.plugins.generators.progan",
     "medbench.plugins.executors.local",
 )
 

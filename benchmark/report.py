@@ -18,8 +18,22 @@ from .store import ResultsStore
 LABELS = {
     "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",
     "macro_precision": "macro-P", "macro_recall": "macro-R", "roc_auc": "AUC",
-    "pr_auc": "PR-AUC", "test_loss": "test loss",
+    "pr_auc": "PR-AUC", "test_loss": "test loss", "minority_recall": "minority recall",
 }
+
+
+def with_minority_recall(df: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, str | None]:
+    """Add ``minority_recall`` rows: the recall of the class with the fewest images (the
+    class an imbalance remedy is for), one per cell, beside the overall metrics."""
+    if not data.get("classes") or not data.get("counts"):
+        return df, None
+    minority = data["classes"][int(np.argmin(data["counts"]))]
+    rows = df[(df["metric"] == "recall") & (df["class"] == minority)].copy()
+    if rows.empty:
+        return df, None
+    rows["metric"] = "minority_recall"
+    rows["class"] = ""
+    return pd.concat([df, rows], ignore_index=True), minority
 
 
 def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -110,13 +124,16 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     cfg = manifest.get("report") or {}
     formats = formats or cfg.get("formats") or ["md", "csv", "latex"]
     metrics = metrics or cfg.get("metrics") or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"]
+    data = {}
+    if (results_dir / "data_report.json").exists():
+        data = json.loads((results_dir / "data_report.json").read_text())
+    minority = None
+    if "minority_recall" in metrics:
+        df, minority = with_minority_recall(df, data)
     summary = summarize(df, metrics)
     table = wide(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    data = {}
-    if (results_dir / "data_report.json").exists():
-        data = json.loads((results_dir / "data_report.json").read_text())
     head = header_lines(manifest, results_dir)
     if "md" in formats:
         parts = [f"# {manifest.get('suite')}: results", "", *head, ""]
@@ -127,7 +144,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
                       f"{data['duplicates_summary']}.", ""]
         splits = df.groupby(["seed", "fold"]).ngroups
         parts += [f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
-                  "test fold(s).", "", md_table(table), ""]
+                  "test fold(s)." + (f" Minority recall: recall of `{minority}`, the "
+                                     "smallest class." if minority else ""),
+                  "", md_table(table), ""]
         pc = per_class(df, "recall")
         if not pc.empty:
             parts += ["Per-class recall (mean):", "", md_table(pc), ""]

@@ -19,6 +19,7 @@ from . import __version__, injection, metrics
 from .api import DatasetSpec
 from .data import ImageSet, conform, handle_duplicates
 from .errors import DataError, MedbenchError, PluginError
+from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .registry import registry
 from .splits import Fold, make_folds
 from .files import atomic_text
@@ -74,7 +75,12 @@ def check_plugins(loaded: LoadedSuite) -> None:
                               "set pretrained: false")
     for arm in s.arms:
         if arm.generator:
-            reg.get("generators", arm.generator)
+            info = reg.get("generators", arm.generator)
+            # parameters are checked now, not after hours of other arms
+            gen = info.obj(**s.params_for(arm))
+            check = getattr(gen, "check_data", None)
+            if callable(check):
+                check(s.dataset.image_size, s.dataset.channels)
 
 
 def cache_dir() -> Path:
@@ -155,6 +161,12 @@ class Reporter:
         if self.rich:
             self.progress.update(self.epoch_task, completed=row["epoch"], total=row["total_epochs"])
 
+    def generator(self, text: str, fraction: float) -> None:
+        """Progress of a generator being fitted (the epoch bar shows it)."""
+        if self.rich:
+            self.progress.update(self.epoch_task, description=f"  {text}",
+                                 completed=fraction, total=1.0, visible=True)
+
     def cell_done(self, n_done: int, cell: Cell, summary: str) -> None:
         if self.rich:
             self.progress.update(self.cells_task, completed=n_done)
@@ -168,14 +180,20 @@ class Reporter:
 class Engine:
     """Holds what is shared between cells of one run: data, folds, fitted generators."""
 
-    def __init__(self, loaded: LoadedSuite, ds: ImageSet, device: torch.device):
+    def __init__(self, loaded: LoadedSuite, ds: ImageSet, device: torch.device,
+                 out: Path | None = None, reporter: "Reporter | None" = None):
         self.loaded = loaded
         self.s = loaded.suite
         self.ds = ds
         self.device = device
+        self.out = out
+        self.reporter = reporter
+        self.fingerprint = ds.fingerprint()
+        self.gen_cache = GeneratorCache(cache_dir() / "generators")
         self._folds: dict[int, list[Fold]] = {}
-        self._gen_key: tuple | None = None
-        self._gen_obj: Any = None
+        self._gen_fold: tuple | None = None
+        self._gen_mem: dict[str, Any] = {}
+        self._notes_seen: set[str] = set()
 
     def folds(self, seed: int) -> list[Fold]:
         if seed not in self._folds:
@@ -214,10 +232,17 @@ class Engine:
             if n <= 0:
                 continue
             g = gens if not isinstance(gens, dict) else gens[c]
-            imgs = g.sample(c, n)
+            try:
+                imgs = g.sample(c, n)
+            except MedbenchError:
+                raise
+            except (RuntimeError, ValueError) as exc:
+                raise PluginError(f"generator {arm.generator!r} failed to sample class "
+                                  f"{self.ds.classes[c]!r}: {exc}") from None
             if imgs.dtype != torch.uint8 or tuple(imgs.shape[1:]) != tuple(x.shape[1:]) or len(imgs) != n:
                 raise PluginError(f"generator {arm.generator!r} returned {tuple(imgs.shape)} "
                                   f"{imgs.dtype}; expected ({n}, {', '.join(map(str, x.shape[1:]))}) uint8")
+            self._log_notes(g)
             xs.append(imgs)
             ys.append(torch.full((n,), c, dtype=torch.int64))
         x_all, y_all = torch.cat(xs), torch.cat(ys)
@@ -225,18 +250,68 @@ class Engine:
         return x_all, y_all, synthetic, wanted
 
     def _generators(self, arm: ArmConfig, fold: Fold, seed: int, x, y, wanted):
-        key = (arm.name, seed, fold.index)
-        if self._gen_key == key:
-            return self._gen_obj
-        cls = registry().get("generators", arm.generator).obj
-        kw = dict(classes=self.ds.classes, budget=None, device=str(self.device), seed=seed)
-        if getattr(cls, "conditional", True):
-            gens: Any = cls(**arm.params).fit(x, y, **kw)
-        else:
-            gens = {c: cls(**arm.params).fit(x[y == c], y[y == c], **kw)
-                    for c, n in enumerate(wanted) if n > 0}
-        self._gen_key, self._gen_obj = key, gens
-        return gens
+        """The fitted generator(s) an arm needs for this fold: one conditional model, or
+        a dict class -> model. Fitted on the fold's real training images only, kept in
+        memory while the fold lasts and on disk (see ``GeneratorCache``), so other
+        classifiers, SIIR values and reruns reuse them."""
+        info = registry().get("generators", arm.generator)
+        params = self.s.params_for(arm)
+        if (seed, fold.index) != self._gen_fold:
+            self._gen_fold, self._gen_mem = (seed, fold.index), {}
+        conditional = getattr(info.obj, "conditional", True)
+        units = [None] if conditional else [c for c, n in enumerate(wanted) if n > 0]
+        fitted = {}
+        for c in units:
+            key = self.gen_cache.key(info, params, seed, self.fingerprint, fold.train, c,
+                                     self.ds.classes, tuple(x.shape[1:]))
+            if key not in self._gen_mem:
+                self._gen_mem[key] = self._fit_generator(info, params, key, arm, fold, seed,
+                                                         x, y, c)
+            g = self._gen_mem[key]
+            if isinstance(g, MedbenchError):
+                raise type(g)(str(g))
+            fitted[c] = g
+        return fitted[None] if conditional else fitted
+
+    def _log_notes(self, g) -> None:
+        """Say once what a generator noted (a capped depth, a reduced k, a PCA space)."""
+        for note in getattr(g, "notes", []) or []:
+            if self.reporter and note not in self._notes_seen:
+                self._notes_seen.add(note)
+                self.reporter.log(f"note: {note}")
+
+    def _fit_generator(self, info, params, key, arm, fold, seed, x, y, c):
+        what = (f"{arm.generator} for "
+                + ("all classes" if c is None else f"class {self.ds.classes[c]!r}")
+                + f" (seed {seed}, fold {fold.index})")
+        xs, ys = (x, y) if c is None else (x[y == c], y[y == c])
+        try:
+            g = self.gen_cache.load(key, info, params, str(self.device))
+            if g is not None:
+                source = "cache"
+            else:
+                source = "fitted"
+                t0 = time.perf_counter()
+                if self.reporter:
+                    self.reporter.log(f"fitting {what} on {len(ys)} real training images")
+                g = info.obj(**params).fit(
+                    xs, ys, classes=self.ds.classes, budget=None, device=str(self.device),
+                    seed=seed, progress=self.reporter.generator if self.reporter else None)
+                self.gen_cache.save(key, g)
+                if self.reporter:
+                    self.reporter.log(f"fitted {what} in {time.perf_counter() - t0:.1f} s")
+        except GeneratorDiverged as exc:
+            self.gen_cache.save_failure(key, str(exc))
+            return exc
+        except MedbenchError as exc:
+            if isinstance(exc, PluginError):
+                raise
+            return exc
+        self._log_notes(g)
+        if self.out is not None:
+            write_generator_artifacts(self.out, arm.generator, params, key, seed, fold.index,
+                                      None if c is None else self.ds.classes[c], g, source)
+        return g
 
     # ------------------------------------------------------------ one cell
     def run_cell(self, cell: Cell, reporter: Reporter | None = None) -> tuple[pd.DataFrame, dict]:
@@ -321,11 +396,11 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     store.open(loaded.hash, meta)
     ds, data_report = load_dataset(loaded)
     atomic_text(out / "data_report.json", json.dumps(data_report, indent=2, default=str))
-    engine = Engine(loaded, ds, dev)
     cells = expand_cells(loaded, count_folds(loaded))
     done = store.done()
     todo = [c for c in cells if c.key not in done]
     reporter = Reporter(len(cells), quiet)
+    engine = Engine(loaded, ds, dev, out=out, reporter=reporter)
     if data_report["duplicates"]["groups"]:
         reporter.log(f"warning: {ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
     if done:

@@ -155,8 +155,18 @@ class Suite(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     report: ReportConfig = Field(default_factory=ReportConfig)
+    generator_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="parameters per generator plugin, under every arm that uses it (an arm's "
+                    "own params win); profiles override them without repeating the arms")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device: str = "auto"
+
+    def params_for(self, arm: "ArmConfig") -> dict[str, Any]:
+        """The generator parameters an arm runs with."""
+        if not arm.generator:
+            return {}
+        return {**self.generator_params.get(arm.generator, {}), **arm.params}
 
     @field_validator("metrics")
     @classmethod

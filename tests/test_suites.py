@@ -2,6 +2,8 @@
 
 import copy
 
+import pandas as pd
+
 import pytest
 from click.testing import CliRunner
 
@@ -119,3 +121,36 @@ def test_shipped_suites_validate(path):
 def test_load_suite_raises_suite_error(write_suite):
     with pytest.raises(SuiteError):
         load_suite(write_suite("name: [1, 2"))
+
+
+@pytest.mark.parametrize("name,classes", [
+    ("covid4", ["COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"]),
+    ("covid2", ["COVID", "Normal"]),
+])
+def test_covid_suites_smoke_on_a_radiography_layout(name, classes, tmp_path, monkeypatch):
+    """The COVID-19 Radiography Database is not shipped; a folder of phantom PNGs in its
+    layout (<class>/images/*.png beside <class>/masks/) runs the suite's smoke profile
+    end to end, every arm included."""
+    from PIL import Image
+
+    from medbench.api import DatasetSpec
+    from medbench.plugins.datasets.phantom import Phantom
+
+    counts = [40, 90, 60, 25][:len(classes)]
+    ds = Phantom().load(DatasetSpec("phantom", None, 64, 1, {"counts": counts, "seed": 5}))
+    root = tmp_path / "data" / "COVID-19_Radiography_Dataset"
+    for i, (img, lbl) in enumerate(zip(ds.images, ds.labels)):
+        folder = root / classes[int(lbl)] / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        (root / classes[int(lbl)] / "masks").mkdir(exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{classes[int(lbl)]}-{i}.png")
+    monkeypatch.setenv("MEDBENCH_DATA", str(tmp_path / "data"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / f"{name}.yaml"), "--profile",
+                                 "smoke", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out / "results.parquet")
+    arms = [a.name for a in load_suite(ROOT / "suites" / f"{name}.yaml").suite.arms]
+    assert sorted(set(df.arm)) == sorted(arms)
+    n_syn = df[df.metric == "accuracy"].set_index("arm").n_synthetic
+    assert n_syn["none"] == 0 and (n_syn.drop(["none", "class-weights"]) > 0).all()

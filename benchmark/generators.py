@@ -1,0 +1,160 @@
+"""Fitted generators on disk: the cache the engine consults before fitting, and the
+artifacts (loss log, loss curve, sample grids) a reader of the results looks at.
+
+A cache entry is keyed by everything that determines the fitted model: the dataset's
+content fingerprint, the fold's training indices, the class (or all classes for a
+conditional model), the image shape, the generator's name, package version and
+parameters, the seed, and the medbench version. An entry made under any other value of
+these is never used; an unreadable entry is refitted and overwritten. Only generators
+that can save a state (``state_dict`` / ``load_state_dict``) are cached; SMOTE and
+oversampling are cheaper to redo than to store.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import GeneratorDiverged
+from .files import atomic_text, atomic_write
+from .store import safe_name
+
+__all__ = ["GeneratorCache", "GeneratorDiverged", "write_generator_artifacts"]
+
+
+class GeneratorCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def key(self, info, params: dict, seed: int, fingerprint: str, train_index: np.ndarray,
+            class_index: int | None, classes: list[str], shape: tuple) -> str:
+        desc = {
+            "generator": info.name, "package": info.package, "version": info.version,
+            "medbench": __version__, "params": params, "seed": int(seed),
+            "data": fingerprint,
+            "train": hashlib.sha256(np.ascontiguousarray(train_index, dtype=np.int64)
+                                    .tobytes()).hexdigest(),
+            "class": class_index, "classes": list(classes), "shape": list(shape),
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    @staticmethod
+    def cacheable(obj: Any) -> bool:
+        return callable(getattr(obj, "state_dict", None)) and \
+            callable(getattr(obj, "load_state_dict", None))
+
+    def load(self, key: str, info, params: dict, device: str):
+        """The cached generator, or None. A cached divergence is raised again."""
+        p = self.path(key)
+        if not p.is_file() or not self.cacheable(info.obj):
+            return None
+        try:
+            entry = torch.load(p, map_location="cpu", weights_only=False)
+            if entry.get("key") != key:
+                return None
+            if "failed" in entry:
+                raise GeneratorDiverged(entry["failed"] + " (cached; delete "
+                                        f"{p} to refit)")
+            return info.obj(**params).load_state_dict(entry["state"], device=device)
+        except GeneratorDiverged:
+            raise
+        except Exception:  # noqa: BLE001 - a corrupt or stale entry is refitted
+            p.unlink(missing_ok=True)
+            return None
+
+    def save(self, key: str, generator) -> None:
+        if self.cacheable(generator):
+            self._write(key, {"key": key, "state": generator.state_dict()})
+
+    def save_failure(self, key: str, reason: str) -> None:
+        self._write(key, {"key": key, "failed": reason})
+
+    def _write(self, key: str, entry: dict) -> None:
+        try:
+            atomic_write(self.path(key), lambda t: torch.save(entry, t))
+        except OSError:
+            pass  # a cache that cannot be written costs time, never results
+
+
+def write_generator_artifacts(out: Path, generator_name: str, params: dict, key: str,
+                              seed: int, fold: int, class_name: str | None, g,
+                              source: str) -> Path:
+    """``out/generators/<generator>/s<seed>-f<fold>-<class>/``: info.json, losses.csv,
+    losses.png and one samples_*.png per kept grid. Written once per fitted model."""
+    where = "all" if class_name is None else safe_name(class_name)
+    folder = Path(out) / "generators" / safe_name(generator_name) / f"s{seed}-f{fold}-{where}"
+    info_path = folder / "info.json"
+    if info_path.is_file():
+        try:
+            if json.loads(info_path.read_text()).get("key") == key:
+                return folder
+        except (OSError, ValueError):
+            pass
+    history = list(getattr(g, "history", []) or [])
+    grids = list(getattr(g, "grids", []) or [])
+    if history:
+        buf = io.StringIO()
+        cols = list(dict.fromkeys(k for row in history for k in row))
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(history)
+        atomic_text(folder / "losses.csv", buf.getvalue())
+        _loss_plot(folder / "losses.png", history, generator_name, class_name)
+    for i, (label, images) in enumerate(grids):
+        _grid_png(folder / f"samples_{i:02d}_{safe_name(label)}.png", images)
+    info = {"key": key, "generator": generator_name, "params": params, "seed": seed,
+            "fold": fold, "class": class_name, "source": source,
+            "notes": list(getattr(g, "notes", []) or []), "steps": len(history),
+            "grids": [label for label, _ in grids]}
+    atomic_text(info_path, json.dumps(info, indent=2, default=str))
+    return folder
+
+
+def _grid_png(path: Path, images: torch.Tensor) -> None:
+    from PIL import Image
+    n, c, h, w = images.shape
+    side = int(np.ceil(np.sqrt(n)))
+    canvas = np.zeros((side * (h + 1) + 1, side * (w + 1) + 1, c), dtype=np.uint8)
+    arr = images.permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, q = divmod(i, side)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = arr[i]
+    img = Image.fromarray(canvas[:, :, 0] if c == 1 else canvas)
+    atomic_write(path, lambda t: img.save(t, format="PNG"))
+
+
+def _loss_plot(path: Path, history: list[dict], name: str, class_name: str | None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(history) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    for key, label in (("d_loss", "discriminator / critic"), ("g_loss", "generator")):
+        vals = np.array([row.get(key, np.nan) for row in history], dtype=float)
+        if np.isfinite(vals).any():
+            k = max(1, len(vals) // 100)
+            smooth = np.convolve(vals, np.ones(k) / k, mode="same") if k > 1 else vals
+            ax.plot(steps, smooth, label=label, lw=1)
+    if "stage" in history[0]:
+        stages = np.array([row["stage"] for row in history])
+        for s in np.flatnonzero(np.diff(stages)) + 1:
+            ax.axvline(s, color="0.7", lw=0.6, ls="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{name}" + (f", class {class_name}" if class_name else ""), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda t: fig.savefig(t, format="png"))
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""Non-adversarial generators: ``smote`` and ``augment``.
+
+smote    SMOTE through imbalanced-learn: each synthetic image is a random point on the
+         segment between a real training image of the class and one of its k nearest
+         neighbours of the same class. ``space: pixels`` (default) interpolates raw
+         pixels, so the result is an image by construction. ``space: pca`` interpolates
+         in a PCA embedding of the class (``components``) and decodes back with the
+         inverse transform; the decoded image is the PCA reconstruction, which loses the
+         detail outside the kept components (the generator's notes say how much
+         variance was kept). k_neighbors is reduced, with a note, when a class has too
+         few images; a class with fewer than two images cannot be SMOTEd.
+augment  classical augmentation only: copies of random real training images of the class,
+         each flipped, rotated, shifted, zoomed and jittered in brightness and contrast
+         (the same transforms the trainer offers, applied once, offline).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from medbench.api import Generator
+from medbench.errors import DataError, SuiteError
+from medbench.hookspecs import hookimpl
+from medbench.suite import AugmentConfig
+
+from ._adversarial import seed_for
+
+
+def _check(name: str, params: dict, defaults: dict) -> dict:
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise SuiteError(f"generator {name!r}: unknown parameter {unknown[0]!r}; it takes "
+                         f"{', '.join(sorted(defaults)) or 'no parameters'}")
+    return {**defaults, **params}
+
+
+class Smote(Generator):
+    description = "SMOTE (imbalanced-learn) on pixels, or in a PCA embedding decoded back"
+    conditional = True
+    defaults = {"k_neighbors": 5, "space": "pixels", "components": 64}
+
+    def __init__(self, **params):
+        cfg = _check("smote", params, self.defaults)
+        if cfg["space"] not in ("pixels", "pca"):
+            raise SuiteError(f"generator 'smote': space = {cfg['space']!r}; use pixels or pca")
+        if not isinstance(cfg["k_neighbors"], int) or cfg["k_neighbors"] < 1:
+            raise SuiteError("generator 'smote': k_neighbors must be a positive integer")
+        super().__init__(**cfg)
+        self.cfg = cfg
+        self.notes: list[str] = []
+        self._by_class: dict[int, torch.Tensor] = {}
+        self.seed = 0
+
+    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
+        self._by_class = {c: images[labels == c] for c in range(len(classes))}
+        self.classes = list(classes)
+        self.seed = int(seed)
+        return self
+
+    def sample(self, class_index: int, n: int) -> torch.Tensor:
+        from imblearn.over_sampling import SMOTE
+
+        pool = self._by_class.get(class_index)
+        name = self.classes[class_index]
+        if pool is None or len(pool) < 2:
+            raise DataError(f"smote: class {name!r} has {0 if pool is None else len(pool)} "
+                            "training image(s); SMOTE needs at least 2")
+        shape = pool.shape[1:]
+        x = pool.reshape(len(pool), -1).numpy().astype(np.float32)
+        k = self.cfg["k_neighbors"]
+        if k > len(pool) - 1:
+            k = len(pool) - 1
+            self._note(f"smote: k_neighbors reduced from {self.cfg['k_neighbors']} to {k} "
+                       f"for class {name!r} ({len(pool)} training images)")
+        pca = None
+        if self.cfg["space"] == "pca":
+            from sklearn.decomposition import PCA
+            m = min(self.cfg["components"], len(pool) - 1, x.shape[1])
+            pca = PCA(n_components=m, random_state=0).fit(x)
+            self._note(f"smote: class {name!r} interpolated in a {m}-component PCA embedding "
+                       f"keeping {pca.explained_variance_ratio_.sum():.1%} of the pixel variance; "
+                       "synthetic images are PCA reconstructions")
+            x = pca.transform(x).astype(np.float32)
+        # Neighbours are taken within the class, so the other class of this two-class call
+        # (imbalanced-learn refuses a single class) takes no part in the interpolation.
+        other = np.zeros((1, x.shape[1]), dtype=np.float32)
+        xx = np.concatenate([x, other])
+        yy = np.array([1] * len(x) + [0])
+        sm = SMOTE(sampling_strategy={1: len(x) + n}, k_neighbors=k,
+                   random_state=seed_for("smote", self.seed, class_index, n) % (2 ** 32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            xr, yr = sm.fit_resample(xx, yy)
+        new = xr[len(xx):]
+        assert len(new) == n and (yr[len(xx):] == 1).all()
+        if pca is not None:
+            new = pca.inverse_transform(new)
+        out = np.clip(np.rint(new), 0, 255).astype(np.uint8)
+        return torch.from_numpy(out).reshape(n, *shape)
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+class Augment(Generator):
+    description = "classical augmentation of real images (flips, rotations, shifts, jitter)"
+    conditional = True
+    defaults = {"hflip": True, "vflip": False, "rotate": 15.0, "translate": 0.05,
+                "scale": 0.1, "brightness": 0.05, "contrast": 0.1}
+
+    def __init__(self, **params):
+        cfg = _check("augment", params, self.defaults)
+        try:
+            self.aug = AugmentConfig(**cfg)
+        except ValueError as exc:
+            msg = str(exc).splitlines()
+            raise SuiteError(f"generator 'augment': {msg[1] if len(msg) > 1 else msg[0]} "
+                             f"({msg[2].strip() if len(msg) > 2 else ''})") from None
+        super().__init__(**cfg)
+        self._by_class: dict[int, torch.Tensor] = {}
+        self.seed = 0
+
+    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
+        self._by_class = {c: images[labels == c] for c in range(len(classes))}
+        self.seed = int(seed)
+        return self
+
+    def sample(self, class_index: int, n: int) -> torch.Tensor:
+        from medbench.trainer import augment_batch
+
+        pool = self._by_class.get(class_index)
+        if pool is None or len(pool) == 0:
+            raise DataError(f"augment: class {class_index} has no training images")
+        gen = torch.Generator().manual_seed(seed_for("augment", self.seed, class_index, n))
+        pick = torch.randint(len(pool), (n,), generator=gen)
+        out = []
+        for i in range(0, n, 512):
+            x = pool[pick[i:i + 512]].float().div(255.0)
+            x = augment_batch(x, self.aug, gen)
+            out.append(x.mul(255.0).round().clamp(0, 255).to(torch.uint8))
+        return torch.cat(out) if out else pool[:0].clone()
+
+
+@hookimpl
+def register_generators(register):
+    register("smote", Smote)
+    register("augment", Augment)

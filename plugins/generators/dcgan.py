@@ -1,0 +1,317 @@
+"""The DCGAN family: ``dcgan``, ``cgan``, ``lsgan`` and ``vanilla``.
+
+One implementation, four registered names whose defaults follow the seed papers:
+
+dcgan    seed 003's best unconditional configuration: convolutional generator
+         (transposed conv blocks, batch norm, ReLU, tanh), PatchGAN discriminator with
+         spectral normalisation, hinge loss, latent 256, 3 up-sampling blocks,
+         dropout 0.3 in the discriminator, batch 32, generator lr 2e-4, discriminator
+         lr 1e-4, n_critic 2. ``loss`` may be bce, mse, hinge or wgan-gp; without
+         spectral norm the discriminator uses batch norm (seed 003's "variant 2"),
+         except under wgan-gp, where batch norm would break the per-sample penalty and
+         no normalisation is used.
+cgan     seed 003's cDCGAN: one model for all classes, the class embedding concatenated
+         with the noise in the generator, a projection discriminator (score = w.h +
+         <embed(y), h>, per patch for PatchGAN); latent 100, 4 blocks. ``arch: fc`` is
+         seed 001's fully connected CGAN instead (embeddings concatenated with the noise
+         and with the flattened image, dense layers, BCE, lr 2e-4).
+lsgan    seed 001's least-squares GAN: fully connected (dense + batch norm + ReLU in the
+         generator, dense + LeakyReLU 0.2 in the discriminator, no sigmoid), MSE loss.
+         ``arch: conv`` gives the convolutional variant.
+vanilla  seed 001's vanilla GAN: the convolutional generator and a convolutional
+         discriminator with batch norm and LeakyReLU 0.2, BCE, Adam lr 2e-4 betas
+         (0.5, 0.999), batch 32. ``arch: fc`` gives the fully connected variant.
+
+Samples come from an exponential moving average of the generator's weights (``ema``,
+0.999, warmed up as min(ema, (1 + t) / (10 + t)) over generator steps t; 0 turns it off),
+which smooths the step-to-step swings of adversarial training.
+
+Unconditional members are fitted once per class by the engine, on that class's training
+images only. ``n_layers`` is the number of 2x up-sampling blocks; at small image sizes
+it is capped at what the size allows (28 px: 7 -> 14 -> 28, two blocks) and the cap is
+recorded in the generator's notes. One epoch is one pass over the real images; the
+discriminator steps on every batch and the generator after every ``n_critic``-th.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+from medbench.errors import SuiteError
+from medbench.hookspecs import hookimpl
+
+from ._adversarial import AdversarialGenerator, WeightAverage, adam, real_batches
+from ._losses import LOSSES, d_loss, g_loss, gradient_penalty
+
+FC_HIDDEN_G = (256, 512, 1024)
+FC_HIDDEN_D = (512, 256)
+MAX_WIDTH = 512
+
+
+def max_blocks(size: int) -> int:
+    """Most 2x up-sampling blocks from a base grid of at least 3 px to ``size``."""
+    k = 0
+    while size % (2 ** (k + 1)) == 0 and size // (2 ** (k + 1)) >= 3:
+        k += 1
+    return k
+
+
+class ConvG(nn.Module):
+    """noise (+ class embedding) -> base x base by a transposed conv, then k blocks of
+    2x transposed conv + batch norm + ReLU, then a 3x3 conv to the image (tanh)."""
+
+    def __init__(self, in_dim: int, channels: int, size: int, blocks: int, width: int):
+        super().__init__()
+        base = size // (2 ** blocks)
+        widths = [min(width * 2 ** (blocks - i), MAX_WIDTH) for i in range(blocks)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        widths.append(max(widths[-1] // 2, 8))
+        for i in range(blocks):
+            layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(widths[i + 1]), nn.ReLU(True)]
+        # a 3x3 conv makes the image: straight out of a stride-2 transposed conv, pixels
+        # alternate between kernel taps and show a checkerboard the critic must chase
+        layers += [nn.Conv2d(widths[-1], channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h):
+        return self.net(h[:, :, None, None])
+
+
+class FCG(nn.Module):
+    def __init__(self, in_dim: int, channels: int, size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in FC_HIDDEN_G:
+            layers += [nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(True)]
+            d = h
+        layers += [nn.Linear(d, channels * size * size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.shape = (channels, size, size)
+
+    def forward(self, h):
+        return self.net(h).view(len(h), *self.shape)
+
+
+class Generator(nn.Module):
+    """Wraps ConvG / FCG with the optional class embedding."""
+
+    def __init__(self, arch, latent, channels, size, blocks, width, num_classes, embed_dim):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim) if embed_dim else None
+        in_dim = latent + (embed_dim or 0)
+        self.body = (ConvG(in_dim, channels, size, blocks, width) if arch == "conv"
+                     else FCG(in_dim, channels, size))
+
+    def forward(self, z, y):
+        h = z if self.embed is None else torch.cat([z, self.embed(y)], 1)
+        return self.body(h)
+
+
+def _maybe_sn(module: nn.Module, on: bool) -> nn.Module:
+    return spectral_norm(module) if on else module
+
+
+class ConvD(nn.Module):
+    """k blocks down to the base grid, each a 3x3 conv and a 4x4 stride-2 conv with
+    LeakyReLU 0.2 (and batch norm, per the variant) and dropout. Then a 3x3 conv to one
+    score per patch (PatchGAN: 7 x 7 patches at 28 and 224 px), or a dense layer on the
+    whole feature grid to one score per image. Conditional: projection of the class
+    embedding on the features (per patch, or on the flattened grid)."""
+
+    def __init__(self, channels, size, blocks, width, norm, dropout, patch, num_classes):
+        super().__init__()
+        sn = norm == "spectral"
+        base = size // (2 ** blocks)
+        widths = [min(width * 2 ** i, MAX_WIDTH) for i in range(blocks)]
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, w in enumerate(widths):
+            layers += [_maybe_sn(nn.Conv2d(c_in, w, 3, 1, 1), sn), nn.LeakyReLU(0.2, True),
+                       _maybe_sn(nn.Conv2d(w, w, 4, 2, 1, bias=norm != "batch"), sn)]
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.LeakyReLU(0.2, True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.patch = patch
+        feat = c_in if patch else c_in * base * base
+        self.out = _maybe_sn(nn.Conv2d(c_in, 1, 3, 1, 1) if patch else nn.Linear(feat, 1), sn)
+        self.embed = _maybe_sn(nn.Embedding(num_classes, feat), sn) if num_classes else None
+
+    def forward(self, x, y=None):
+        h = self.features(x)
+        if self.patch:
+            score = self.out(h)                                   # N x 1 x b x b
+            if self.embed is not None:
+                score = score + (self.embed(y)[:, :, None, None] * h).sum(1, keepdim=True)
+            return score
+        h = h.flatten(1)
+        score = self.out(h)
+        if self.embed is not None:
+            score = score + (self.embed(y) * h).sum(1, keepdim=True)
+        return score
+
+
+class FCD(nn.Module):
+    """Flattened image (+ class embedding, concatenated) -> dense + LeakyReLU 0.2 -> score."""
+
+    def __init__(self, channels, size, norm, dropout, num_classes, embed_dim):
+        super().__init__()
+        sn = norm == "spectral"
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        d = channels * size * size + (embed_dim if num_classes else 0)
+        layers: list[nn.Module] = []
+        for h in FC_HIDDEN_D:
+            layers += [_maybe_sn(nn.Linear(d, h), sn), nn.LeakyReLU(0.2, True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        layers.append(_maybe_sn(nn.Linear(d, 1), sn))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x, y=None):
+        h = x.flatten(1)
+        if self.embed is not None:
+            h = torch.cat([h, self.embed(y)], 1)
+        return self.net(h)
+
+
+class DCGANFamily(AdversarialGenerator):
+    defaults = {
+        "arch": "conv", "loss": "hinge", "spectral_norm": True, "patch": True,
+        "latent": 256, "n_layers": 3, "width": 64, "embed_dim": 50, "dropout": 0.3,
+        "batch_size": 32, "epochs": 50, "g_lr": 2e-4, "d_lr": 1e-4, "betas": [0.5, 0.999],
+        "n_critic": 2, "gp_lambda": 10.0, "snapshots": 4, "ema": 0.999,
+    }
+    choices = {"arch": ("conv", "fc"), "loss": LOSSES, "spectral_norm": (True, False),
+               "patch": (True, False)}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        ema = self.cfg["ema"]
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+            raise SuiteError(f"generator {self.name!r}: ema = {ema!r}; use a decay in [0, 1), "
+                             "e.g. 0.999, or 0 for none")
+
+    def check_data(self, size: int, channels: int) -> None:
+        """Refuse, before any work, an image size the convolutional nets cannot take."""
+        if self.cfg["arch"] == "conv" and max_blocks(size) < 1:
+            raise SuiteError(f"generator {self.name!r}: image size {size} cannot be halved down "
+                             "to a grid of at least 3 px; use arch: fc or another size")
+
+    def _build(self, channels, size, num_classes):
+        cfg = self.cfg
+        self.check_data(size, channels)
+        blocks = min(int(cfg["n_layers"]), max_blocks(size))
+        if cfg["arch"] == "conv" and blocks < int(cfg["n_layers"]):
+            note = (f"{self.name}: n_layers {cfg['n_layers']} capped at {blocks} for "
+                    f"{size} px images")
+            if note not in self.notes:
+                self.notes.append(note)
+        self.blocks = blocks
+        cond = num_classes if self.conditional else 0
+        norm = ("spectral" if cfg["spectral_norm"] else
+                "none" if cfg["loss"] == "wgan-gp" else "batch")
+        self.G = Generator(cfg["arch"], int(cfg["latent"]), channels, size, blocks,
+                           int(cfg["width"]), num_classes, int(cfg["embed_dim"]) if cond else 0
+                           ).to(self.device)
+        if cfg["arch"] == "conv":
+            self.D = ConvD(channels, size, blocks, int(cfg["width"]), norm, float(cfg["dropout"]),
+                           bool(cfg["patch"]), cond).to(self.device)
+        else:
+            self.D = FCD(channels, size, norm, float(cfg["dropout"]), cond,
+                         int(cfg["embed_dim"])).to(self.device)
+
+    def _generate(self, z, y):
+        return self.G(z, y)
+
+    def _train(self, x, y, progress):
+        cfg = self.cfg
+        kind = cfg["loss"]
+        betas = tuple(cfg["betas"])
+        opt_g = adam(self.G.parameters(), float(cfg["g_lr"]), betas)
+        opt_d = adam(self.D.parameters(), float(cfg["d_lr"]), betas)
+        latent, n_critic = int(cfg["latent"]), max(1, int(cfg["n_critic"]))
+        epochs = int(cfg["epochs"])
+        snap_every = max(1, epochs // max(1, int(cfg["snapshots"])))
+        self.G.train()
+        self.D.train()
+        ema = WeightAverage(self.G, float(cfg["ema"])) if cfg["ema"] else None
+        step = 0
+        g_value = float("nan")
+        for epoch in range(epochs):
+            for idx in real_batches(len(x), int(cfg["batch_size"]), self.device):
+                real, labels = x[idx], y[idx]
+                z = torch.randn(len(idx), latent, device=self.device)
+                fake = self.G(z, labels)
+                loss_d = d_loss(kind, self.D(real, labels), self.D(fake.detach(), labels))
+                if kind == "wgan-gp":
+                    loss_d = loss_d + float(cfg["gp_lambda"]) * gradient_penalty(
+                        self.D, real, fake, labels)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                step += 1
+                if step % n_critic == 0:
+                    z = torch.randn(len(idx), latent, device=self.device)
+                    loss_g = g_loss(kind, self.D(self.G(z, labels), labels))
+                    opt_g.zero_grad(set_to_none=True)
+                    loss_g.backward()
+                    opt_g.step()
+                    g_value = float(loss_g.detach())
+                    if ema is not None:
+                        ema.update(self.G)
+                self._log(epoch=epoch + 1, step=step, d_loss=float(loss_d.detach()),
+                          g_loss=g_value if step >= n_critic else 0.0)
+            if epoch + 1 == epochs and ema is not None:
+                ema.copy_to(self.G)          # samples come from the averaged weights
+            if (epoch + 1) % snap_every == 0 or epoch + 1 == epochs:
+                self._snapshot(f"epoch {epoch + 1}" + (" (EMA)" if epoch + 1 == epochs
+                                                        and ema is not None else ""))
+            if progress is not None:
+                progress(f"{self.name} epoch {epoch + 1}/{epochs}", (epoch + 1) / epochs)
+        if epochs == 0:
+            self._snapshot("untrained")
+
+
+class DCGAN(DCGANFamily):
+    name = "dcgan"
+    description = "DCGAN (seed 003: hinge loss, spectral norm, PatchGAN discriminator), one per class"
+    conditional = False
+
+
+class CGAN(DCGANFamily):
+    name = "cgan"
+    description = "conditional DCGAN with a projection discriminator (seed 003), one for all classes"
+    conditional = True
+    defaults = {**DCGANFamily.defaults, "latent": 100, "n_layers": 4}
+
+
+class LSGAN(DCGANFamily):
+    name = "lsgan"
+    description = "least-squares GAN, fully connected (seed 001), one per class"
+    conditional = False
+    defaults = {**DCGANFamily.defaults, "arch": "fc", "loss": "mse", "spectral_norm": False,
+                "patch": False, "latent": 100, "dropout": 0.0, "d_lr": 2e-4, "n_critic": 1,
+                "epochs": 10}
+
+
+class Vanilla(DCGANFamily):
+    name = "vanilla"
+    description = "vanilla GAN, convolutional with BCE (seed 001), one per class"
+    conditional = False
+    defaults = {**DCGANFamily.defaults, "loss": "bce", "spectral_norm": False, "patch": False,
+                "latent": 100, "dropout": 0.0, "d_lr": 2e-4, "n_critic": 1, "epochs": 10}
+
+
+@hookimpl
+def register_generators(register):
+    for cls in (DCGAN, CGAN, LSGAN, Vanilla):
+        register(cls.name, cls)

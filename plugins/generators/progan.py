@@ -1,0 +1,385 @@
+"""``progan``: progressive growing GAN with the WGAN-GP loss, the reference GAN of the
+seed paper (arXiv 2512.24214: one ProGAN per minority class, latent 112 x 1 x 1,
+stages 7, 14, 28, 56, 112, 224 px).
+
+Training runs one stage per resolution base, 2*base, ... up to the image size. Every
+stage after the first fades its new layers in: the generator output, the critic input
+and the real images are blended with the same alpha, which rises linearly from 0 to 1
+over the first ``fade`` fraction of the stage's steps and then stays 1.
+
+Generator: pixel-normed latent -> dense to base x base -> 3x3 conv; each later block is
+nearest 2x upsample and two 3x3 convs; LeakyReLU 0.2 and pixel norm after every conv;
+a 1x1 toRGB per stage. Critic: a 1x1 fromRGB per stage, blocks of two 3x3 convs and a
+2x average pool, a final block with the minibatch standard deviation, a 3x3 conv and
+dense layers to one score; no batch norm. Every conv and dense layer uses the
+equalized learning rate (weights N(0, 1), scaled at run time by sqrt(2 / fan_in)).
+
+Loss: the critic minimises D(fake) - D(real) + gp_lambda * GP + drift * D(real)^2
+(GP over per-sample interpolates, _losses.gradient_penalty); the generator minimises
+-D(fake); n_critic critic updates per generator update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medbench.errors import SuiteError
+from medbench.hookspecs import hookimpl
+
+from . import _losses
+from ._adversarial import AdversarialGenerator, adam, real_batches
+
+# --------------------------------------------------------------------------- layers
+
+
+class EqConv2d(nn.Module):
+    """Conv with the equalized learning rate: N(0, 1) weights scaled by sqrt(2/fan_in)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, padding: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = math.sqrt(2.0 / (cin * kernel * kernel))
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqLinear(nn.Module):
+    """Dense layer with the equalized learning rate."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = math.sqrt(2.0 / cin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise each pixel's feature vector to unit average square."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def _act(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append one feature map: the mean over features and pixels of the standard
+    deviation across a group of min(group, N) images (the whole batch when N is not a
+    multiple of the group size)."""
+    n, c, h, w = x.shape
+    g = min(group, n)
+    if n % g:
+        g = n
+    y = x.reshape(g, n // g, c, h, w)
+    y = (y - y.mean(dim=0, keepdim=True)).pow(2).mean(dim=0).add(1e-8).sqrt()   # n/g c h w
+    y = y.mean(dim=(1, 2, 3))                                                     # n/g
+    y = y.repeat(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+def stage_channels(stages: int, fmaps: int, fmaps_min: int) -> list[int]:
+    """Feature maps per stage: fmaps at the lowest resolution, halved per stage."""
+    return [max(int(fmaps_min), int(fmaps) >> i) for i in range(stages)]
+
+
+# --------------------------------------------------------------------------- networks
+
+
+class ProGenerator(nn.Module):
+    """forward(z, stage, alpha) -> images at resolution base * 2**stage in [-1, 1]
+    (tanh-free, as ProGAN: the output is linear; sampling clamps)."""
+
+    def __init__(self, latent: int, base: int, channels: list[int], out_channels: int):
+        super().__init__()
+        self.base, self.ch0 = base, channels[0]
+        self.dense = EqLinear(latent, channels[0] * base * base)
+        self.conv0 = EqConv2d(channels[0], channels[0], 3, 1)
+        self.blocks = nn.ModuleList([nn.Identity()])
+        for i in range(1, len(channels)):
+            self.blocks.append(nn.ModuleList([EqConv2d(channels[i - 1], channels[i], 3, 1),
+                                              EqConv2d(channels[i], channels[i], 3, 1)]))
+        self.to_rgb = nn.ModuleList([EqConv2d(c, out_channels, 1) for c in channels])
+        self.last_alpha: float | None = None     # the alpha of the latest forward call
+
+    def _block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        for conv in self.blocks[i]:
+            h = pixel_norm(_act(conv(h)))
+        return h
+
+    def forward(self, z: torch.Tensor, stage: int, alpha: float = 1.0) -> torch.Tensor:
+        self.last_alpha = float(alpha)
+        h = _act(self.dense(pixel_norm(z))).reshape(len(z), self.ch0, self.base, self.base)
+        h = pixel_norm(h)
+        h = pixel_norm(_act(self.conv0(h)))
+        for i in range(1, stage):
+            h = self._block(i, h)
+        if stage == 0:
+            return self.to_rgb[0](h)
+        new = self.to_rgb[stage](self._block(stage, h))
+        if alpha >= 1.0:
+            return new
+        old = F.interpolate(self.to_rgb[stage - 1](h), scale_factor=2, mode="nearest")
+        return alpha * new + (1.0 - alpha) * old
+
+
+class ProCritic(nn.Module):
+    """forward(x, stage, alpha) -> one score per image; x at resolution base * 2**stage."""
+
+    def __init__(self, base: int, channels: list[int], in_channels: int):
+        super().__init__()
+        c0 = channels[0]
+        self.from_rgb = nn.ModuleList([EqConv2d(in_channels, c, 1) for c in channels])
+        self.blocks = nn.ModuleList([nn.Identity()])
+        for i in range(1, len(channels)):
+            self.blocks.append(nn.ModuleList([EqConv2d(channels[i], channels[i], 3, 1),
+                                              EqConv2d(channels[i], channels[i - 1], 3, 1)]))
+        self.final_conv = EqConv2d(c0 + 1, c0, 3, 1)
+        self.final_dense = EqLinear(c0 * base * base, c0)
+        self.score = EqLinear(c0, 1)
+        self.last_alpha: float | None = None
+
+    def _block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        for conv in self.blocks[i]:
+            h = _act(conv(h))
+        return F.avg_pool2d(h, 2)
+
+    def forward(self, x: torch.Tensor, stage: int, alpha: float = 1.0) -> torch.Tensor:
+        self.last_alpha = float(alpha)
+        h = _act(self.from_rgb[stage](x))
+        if stage > 0:
+            h = self._block(stage, h)
+            if alpha < 1.0:
+                old = _act(self.from_rgb[stage - 1](F.avg_pool2d(x, 2)))
+                h = alpha * h + (1.0 - alpha) * old
+            for i in range(stage - 1, 0, -1):
+                h = self._block(i, h)
+        h = _act(self.final_conv(minibatch_std(h)))
+        h = _act(self.final_dense(h.flatten(1)))
+        return self.score(h).squeeze(1)
+
+
+# --------------------------------------------------------------------------- plugin
+
+
+def _per_stage(name: str, value, stages: int, sizes: list[int]) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != stages:
+            raise SuiteError(f"generator 'progan': {name} has {len(value)} entries but there are "
+                             f"{stages} stages ({', '.join(map(str, sizes))} px); give one per "
+                             "stage or a single integer")
+        return [int(v) for v in value]
+    return [int(value)] * stages
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class ProGAN(AdversarialGenerator):
+    name = "progan"
+    description = "progressive growing GAN with WGAN-GP (the seed paper's generator), one per class"
+    conditional = False
+    defaults: dict[str, Any] = {
+        "latent": 112,
+        "base": 7,
+        "epochs": 10,
+        "batch_size": 16,
+        "fade": 0.5,
+        "lr": 1e-3,
+        "betas": [0.0, 0.99],
+        "n_critic": 1,
+        "gp_lambda": 10.0,
+        "drift": 0.001,
+        "fmaps": 64,
+        "fmaps_min": 16,
+    }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        c = self.cfg
+
+        def bad(key: str, want: str):
+            raise SuiteError(f"generator 'progan': {key} = {c[key]!r}; {want}")
+
+        for key in ("latent", "base", "n_critic", "fmaps", "fmaps_min"):
+            if not _is_int(c[key]) or c[key] < 1:
+                bad(key, "use a positive integer")
+        if c["base"] < 2:
+            bad("base", "use an integer >= 2 (e.g. 4 or 7)")
+        for key, low in (("epochs", 0), ("batch_size", 2)):
+            v = c[key]
+            items = v if isinstance(v, (list, tuple)) else [v]
+            if not items or not all(_is_int(i) and i >= low for i in items):
+                bad(key, f"use an integer >= {low} or a list of them, one per stage")
+        if not isinstance(c["fade"], (int, float)) or not 0 < c["fade"] <= 1:
+            bad("fade", "use a fraction in (0, 1]")
+        if not isinstance(c["lr"], (int, float)) or not c["lr"] > 0:
+            bad("lr", "use a positive number")
+        b = c["betas"]
+        if (not isinstance(b, (list, tuple)) or len(b) != 2
+                or not all(isinstance(v, (int, float)) and 0 <= v < 1 for v in b)):
+            bad("betas", "use two numbers in [0, 1), e.g. [0.0, 0.99]")
+        for key in ("gp_lambda", "drift"):
+            if not isinstance(c[key], (int, float)) or c[key] < 0:
+                bad(key, "use a number >= 0")
+        self.stage = 0
+        self.alpha_trace: list[tuple[int, int, float, float, float]] = []
+
+    # ------------------------------------------------------------------ schedule
+    def stage_sizes(self, size: int) -> list[int]:
+        """Stage resolutions base, 2*base, ... size; SuiteError if size is not base*2^k."""
+        base = int(self.cfg["base"])
+        sizes = [base]
+        while sizes[-1] < size:
+            sizes.append(sizes[-1] * 2)
+        if sizes[-1] != size:
+            fits = [base * 2 ** k for k in range(7)]
+            raise SuiteError(f"generator 'progan': image size {size} is not base {base} times a "
+                             f"power of 2; use image_size one of {', '.join(map(str, fits))}, "
+                             "or set base so that it divides the size by a power of 2")
+        return sizes
+
+    def check_data(self, size: int, channels: int) -> None:
+        """Refuse, before any work, an image size or per-stage list that does not fit."""
+        sizes = self.stage_sizes(size)
+        _per_stage("epochs", self.cfg["epochs"], len(sizes), sizes)
+        _per_stage("batch_size", self.cfg["batch_size"], len(sizes), sizes)
+
+    # ------------------------------------------------------------------ networks
+    def _build(self, channels: int, size: int, num_classes: int) -> None:
+        c = self.cfg
+        self.sizes = self.stage_sizes(size)
+        n = len(self.sizes)
+        self.epochs = _per_stage("epochs", c["epochs"], n, self.sizes)
+        self.batch_sizes = _per_stage("batch_size", c["batch_size"], n, self.sizes)
+        chans = stage_channels(n, c["fmaps"], c["fmaps_min"])
+        self.G = ProGenerator(int(c["latent"]), int(c["base"]), chans, channels).to(self.device)
+        self.D = ProCritic(int(c["base"]), chans, channels).to(self.device)
+        self.stage = n - 1          # an untrained or loaded generator samples at full size
+
+    def _extra_state(self) -> dict:
+        return {"stage": self.stage}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self.stage = int(extra.get("stage", len(self.sizes) - 1))
+
+    def load_state_dict(self, state: dict, device: str = "cpu") -> "ProGAN":
+        # the networks' shapes follow the saved parameters, whatever this instance got
+        self.cfg = dict(state["cfg"])
+        self.params = dict(self.cfg)
+        return super().load_state_dict(state, device)
+
+    def stage_output(self, z: torch.Tensor, stage: int, alpha: float = 1.0) -> torch.Tensor:
+        """G's raw output at a stage (float, base * 2**stage px), for inspection."""
+        with torch.no_grad():
+            return self.G(z.to(self.device), stage, alpha)
+
+    def _generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        img = self.G(z, self.stage, 1.0).clamp(-1, 1)
+        if img.shape[-1] != self.shape[-1]:     # a snapshot before the last stage
+            img = F.interpolate(img, size=self.shape[1:], mode="nearest")
+        return img
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def _batches_per_epoch(n: int, batch_size: int) -> int:
+        bs = max(2, min(batch_size, n))       # as real_batches
+        return n // bs + (1 if n % bs >= 2 else 0)
+
+    def _steps_per_epoch(self, n: int, stage: int) -> int:
+        return math.ceil(self._batches_per_epoch(n, self.batch_sizes[stage]) / int(self.cfg["n_critic"]))
+
+    def alpha_at(self, stage: int, step: int, steps: int) -> float:
+        """Fade-in alpha at a step (0-based) of a stage of ``steps`` steps."""
+        if stage == 0:
+            return 1.0
+        fade_steps = max(1, round(float(self.cfg["fade"]) * steps))
+        return min(1.0, step / max(1, fade_steps - 1))
+
+    @staticmethod
+    def blend_real(real_r: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+        """Real images at a stage being faded in: alpha * real_r + (1 - alpha) *
+        upsample(downsample(real_r, 2)). Returns the images and the alpha used."""
+        if alpha >= 1.0:
+            return real_r, float(alpha)
+        low = F.interpolate(F.avg_pool2d(real_r, 2), scale_factor=2, mode="nearest")
+        return alpha * real_r + (1.0 - alpha) * low, float(alpha)
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor,
+               progress: Callable[[str, float], None] | None) -> None:
+        c = self.cfg
+        n, size, n_stages = len(x), self.shape[-1], len(self.sizes)
+        n_critic, latent = int(c["n_critic"]), int(c["latent"])
+        lam, drift = float(c["gp_lambda"]), float(c["drift"])
+        betas = (float(c["betas"][0]), float(c["betas"][1]))
+        per_stage = [self.epochs[i] * self._steps_per_epoch(n, i) for i in range(n_stages)]
+        total = max(1, sum(per_stage))
+        self.alpha_trace = []
+        step, done = 0, 0
+        for s, res in enumerate(self.sizes):
+            self.stage = s
+            real_s = F.avg_pool2d(x, size // res) if res != size else x
+            opt_g = adam(self.G.parameters(), float(c["lr"]), betas)    # fresh per stage
+            opt_d = adam(self.D.parameters(), float(c["lr"]), betas)
+            t, bs = 0, self.batch_sizes[s]
+            for e in range(self.epochs[s]):
+                batches = list(real_batches(n, bs, self.device))
+                for k in range(0, len(batches), n_critic):
+                    alpha = self.alpha_at(s, t, per_stage[s])
+                    row = self._step(s, alpha, real_s, batches[k:k + n_critic], opt_g, opt_d,
+                                     latent, lam, drift)
+                    self.alpha_trace.append((s, step, self.G.last_alpha, row.pop("critic_alpha"),
+                                             row.pop("real_alpha")))
+                    self._log(stage=s, resolution=res, epoch=e, step=step, alpha=alpha, **row)
+                    t, step, done = t + 1, step + 1, done + 1
+                if progress is not None:
+                    progress(f"progan stage {s + 1}/{n_stages} ({res} px) epoch "
+                             f"{e + 1}/{self.epochs[s]}", done / total)
+            self._snapshot(f"stage {s + 1}/{n_stages} ({res} px)")
+        self.stage = n_stages - 1
+
+    def _step(self, s, alpha, real_s, batches, opt_g, opt_d, latent, lam, drift) -> dict:
+        """n_critic critic updates (one per real batch), then one generator update."""
+        G, D = self.G, self.D
+        for idx in batches:
+            real, real_alpha = self.blend_real(real_s[idx], alpha)
+            with torch.no_grad():
+                fake = G(torch.randn(len(idx), latent, device=self.device), s, alpha)
+            d_real = D(real, s, alpha)
+            d_alpha = D.last_alpha
+            d_fake = D(fake, s, alpha)
+            gp = _losses.gradient_penalty(D, real, fake, s, alpha)
+            d_loss = d_fake.mean() - d_real.mean() + lam * gp + drift * d_real.pow(2).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        try:
+            fake = G(torch.randn(len(batches[-1]), latent, device=self.device), s, alpha)
+            g_loss = -D(fake, s, alpha).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+        finally:
+            for p in D.parameters():
+                p.requires_grad_(True)
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "gp": gp.item(),
+                "real_alpha": real_alpha, "critic_alpha": d_alpha}
+
+
+@hookimpl
+def register_generators(register):
+    register("progan", ProGAN)

@@ -1,0 +1,80 @@
+"""DCGAN training throughput (real images per second) of the plugin against a plain
+hand-written PyTorch loop over the same generator and discriminator modules, the same
+data, batch size, loss (hinge, spectral norm, PatchGAN, n_critic 2) and step count.
+
+Prints the ratio plugin / plain (1.0 = no overhead). Run alone with:
+    python -m pytest tests/perf -s -q
+"""
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from medbench.plugins.generators._adversarial import to_unit
+from medbench.plugins.generators._losses import d_loss, g_loss
+from medbench.plugins.generators.dcgan import DCGAN
+
+pytestmark = pytest.mark.perf
+
+N, SIZE, BATCH, EPOCHS, REPEATS = 512, 28, 32, 2, 3
+PARAMS = {"epochs": EPOCHS, "width": 32, "batch_size": BATCH, "snapshots": 1}
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (N, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+
+
+def _plain(x):
+    """What a researcher writes by hand around the same two networks."""
+    gan = DCGAN(**PARAMS).prepare(x, torch.zeros(len(x), dtype=torch.long), classes=["a"])
+    G, D = gan.G, gan.D
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    xf = to_unit(x)
+    y = torch.zeros(BATCH, dtype=torch.long)
+    step = 0
+    t0 = time.perf_counter()
+    for _ in range(EPOCHS):
+        perm = torch.randperm(N)
+        for i in range(0, N, BATCH):
+            real = xf[perm[i:i + BATCH]]
+            fake = G(torch.randn(len(real), 256), y)
+            loss = d_loss("hinge", D(real, y), D(fake.detach(), y))
+            opt_d.zero_grad()
+            loss.backward()
+            opt_d.step()
+            step += 1
+            if step % 2 == 0:
+                lg = g_loss("hinge", D(G(torch.randn(len(real), 256), y), y))
+                opt_g.zero_grad()
+                lg.backward()
+                opt_g.step()
+    return time.perf_counter() - t0
+
+
+def _plugin(x):
+    gan = DCGAN(**PARAMS)
+    t0 = time.perf_counter()
+    gan.fit(x, torch.zeros(len(x), dtype=torch.long), classes=["a"], seed=0)
+    took = time.perf_counter() - t0
+    assert len(gan.history) == EPOCHS * (N // BATCH)     # the same number of steps
+    return took
+
+
+def test_dcgan_throughput_vs_plain_loop():
+    x = _data()
+    times = {"plain": [], "plugin": []}
+    for r in range(REPEATS):          # interleaved, so drift in machine load hits both
+        for name, fn in (("plain", _plain), ("plugin", _plugin)):
+            torch.manual_seed(r)
+            times[name].append(fn(x))
+    plain, ours = statistics.median(times["plain"]), statistics.median(times["plugin"])
+    images = N * EPOCHS
+    ratio = (images / ours) / (images / plain)
+    print(f"\n[perf] dcgan training ({N} images at {SIZE}px, batch {BATCH}, {EPOCHS} epochs, "
+          f"CPU): plugin {images / ours:.0f} img/s, plain loop {images / plain:.0f} img/s, "
+          f"throughput ratio (plugin / plain loop) {ratio:.3f}")
+    assert 0 < ratio < float("inf")
