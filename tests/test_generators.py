@@ -202,7 +202,7 @@ def test_smote_reduces_k_with_a_note_and_refuses_a_single_image():
     g = Smote().fit(x, y, classes=["a", "b", "c"], seed=0)
     assert g.sample(1, 4).shape[0] == 4
     assert any("k_neighbors reduced from 5 to 2" in n for n in g.notes)
-    with pytest.raises(DataError, match="SMOTE needs at least 2"):
+    with pytest.raises(DataError, match="smote needs at least 2"):
         g.sample(2, 3)
 
 

@@ -29,6 +29,34 @@ from medbench.suite import AugmentConfig
 from ._adversarial import seed_for
 
 
+class RealPool(Generator):
+    """Generators that work from the real training images of each class: ``fit`` keeps
+    them, ``pool`` hands them out, and every draw is seeded by (seed, class, n) so the
+    same request gives the same images whatever was drawn before."""
+
+    conditional = True
+    name = "pool"
+
+    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
+        self._by_class = {c: images[labels == c] for c in range(len(classes))}
+        self.classes = list(classes)
+        self.seed = int(seed)
+        return self
+
+    def pool(self, class_index: int, at_least: int = 1) -> torch.Tensor:
+        pool = getattr(self, "_by_class", {}).get(class_index)
+        have = 0 if pool is None else len(pool)
+        if have < at_least:
+            classes = getattr(self, "classes", [])
+            name = classes[class_index] if 0 <= class_index < len(classes) else class_index
+            raise DataError(f"{self.name}: class {name!r} has {have} training image(s); "
+                            f"{self.name} needs at least {at_least}")
+        return pool
+
+    def rng(self, class_index: int, n: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_for(self.name, self.seed, class_index, n))
+
+
 def _check(name: str, params: dict, defaults: dict) -> dict:
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -37,7 +65,8 @@ def _check(name: str, params: dict, defaults: dict) -> dict:
     return {**defaults, **params}
 
 
-class Smote(Generator):
+class Smote(RealPool):
+    name = "smote"
     description = "SMOTE (imbalanced-learn) on pixels, or in a PCA embedding decoded back"
     conditional = True
     defaults = {"k_neighbors": 5, "space": "pixels", "components": 64}
@@ -51,23 +80,12 @@ class Smote(Generator):
         super().__init__(**cfg)
         self.cfg = cfg
         self.notes: list[str] = []
-        self._by_class: dict[int, torch.Tensor] = {}
-        self.seed = 0
-
-    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
-        self._by_class = {c: images[labels == c] for c in range(len(classes))}
-        self.classes = list(classes)
-        self.seed = int(seed)
-        return self
 
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         from imblearn.over_sampling import SMOTE
 
-        pool = self._by_class.get(class_index)
+        pool = self.pool(class_index, at_least=2)
         name = self.classes[class_index]
-        if pool is None or len(pool) < 2:
-            raise DataError(f"smote: class {name!r} has {0 if pool is None else len(pool)} "
-                            "training image(s); SMOTE needs at least 2")
         shape = pool.shape[1:]
         x = pool.reshape(len(pool), -1).numpy().astype(np.float32)
         k = self.cfg["k_neighbors"]
@@ -90,7 +108,7 @@ class Smote(Generator):
         xx = np.concatenate([x, other])
         yy = np.array([1] * len(x) + [0])
         sm = SMOTE(sampling_strategy={1: len(x) + n}, k_neighbors=k,
-                   random_state=seed_for("smote", self.seed, class_index, n) % (2 ** 32))
+                   random_state=int(self.rng(class_index, n).initial_seed() % (2 ** 32)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xr, yr = sm.fit_resample(xx, yy)
@@ -106,7 +124,8 @@ class Smote(Generator):
             self.notes.append(text)
 
 
-class Augment(Generator):
+class Augment(RealPool):
+    name = "augment"
     description = "classical augmentation of real images (flips, rotations, shifts, jitter)"
     conditional = True
     defaults = {"hflip": True, "vflip": False, "rotate": 15.0, "translate": 0.05,
@@ -121,21 +140,12 @@ class Augment(Generator):
             raise SuiteError(f"generator 'augment': {msg[1] if len(msg) > 1 else msg[0]} "
                              f"({msg[2].strip() if len(msg) > 2 else ''})") from None
         super().__init__(**cfg)
-        self._by_class: dict[int, torch.Tensor] = {}
-        self.seed = 0
-
-    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
-        self._by_class = {c: images[labels == c] for c in range(len(classes))}
-        self.seed = int(seed)
-        return self
 
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         from medbench.trainer import augment_batch
 
-        pool = self._by_class.get(class_index)
-        if pool is None or len(pool) == 0:
-            raise DataError(f"augment: class {class_index} has no training images")
-        gen = torch.Generator().manual_seed(seed_for("augment", self.seed, class_index, n))
+        pool = self.pool(class_index)
+        gen = self.rng(class_index, n)
         pick = torch.randint(len(pool), (n,), generator=gen)
         out = []
         for i in range(0, n, 512):
