@@ -4,7 +4,9 @@ artifacts (loss log, loss curve, sample grids) a reader of the results looks at.
 A cache entry is keyed by everything that determines the fitted model: the dataset's
 content fingerprint, the fold's training indices, the class (or all classes for a
 conditional model), the image shape, the generator's name, package version and
-parameters, the seed, and the medbench version. An entry made under any other value of
+parameters, the seed, the medbench version, and the source code of the generator (its
+class's modules and the helper modules of the same package they use), so an edited
+plugin never reuses models fitted by its older self. An entry made under any other value of
 these is never used; an unreadable entry is refitted and overwritten. Only generators
 that can save a state (``state_dict`` / ``load_state_dict``) are cached; SMOTE and
 oversampling are cheaper to redo than to store.
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,30 @@ from .store import safe_name
 __all__ = ["GeneratorCache", "GeneratorDiverged", "write_generator_artifacts"]
 
 
+def code_fingerprint(cls: type) -> str:
+    """Hash of the source of the modules that define ``cls`` and its bases, and of the
+    modules of the same package they take functions or classes from."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        mod = sys.modules.get(klass.__module__)
+        if mod is None or klass.__module__ == "builtins":
+            continue
+        names.add(mod.__name__)
+        package = (mod.__package__ or "").split(".")[0]
+        for value in vars(mod).values():
+            other = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(other, str) and package and other.split(".")[0] == package:
+                names.add(other)
+    h = hashlib.sha256()
+    for name in sorted(names):
+        mod = sys.modules.get(name)
+        try:
+            h.update(inspect.getsource(mod).encode())
+        except (OSError, TypeError):
+            h.update(name.encode())
+    return h.hexdigest()[:16]
+
+
 class GeneratorCache:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -38,7 +66,7 @@ class GeneratorCache:
             class_index: int | None, classes: list[str], shape: tuple) -> str:
         desc = {
             "generator": info.name, "package": info.package, "version": info.version,
-            "medbench": __version__, "params": params, "seed": int(seed),
+            "medbench": __version__, "code": code_fingerprint(info.obj), "params": params, "seed": int(seed),
             "data": fingerprint,
             "train": hashlib.sha256(np.ascontiguousarray(train_index, dtype=np.int64)
                                     .tobytes()).hexdigest(),

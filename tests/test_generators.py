@@ -395,3 +395,21 @@ def test_bad_generator_params_fail_validation_in_one_line(write_suite, tmp_path)
             assert r.exit_code == 2 and words in r.output, r.output
             assert len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / "r" / "cells").exists()
+
+
+def test_cache_key_follows_the_generator_source_code(monkeypatch):
+    """An edited plugin (here: its loss helpers) must not reuse models fitted before."""
+    import inspect
+
+    from medbench import generators
+    before = generators.code_fingerprint(dcgan.DCGAN)
+    real = inspect.getsource
+
+    def edited(obj):
+        text = real(obj)
+        return text + "\n# edited\n" if obj.__name__.endswith("_losses") else text
+
+    monkeypatch.setattr(generators.inspect, "getsource", edited)
+    assert generators.code_fingerprint(dcgan.DCGAN) != before
+    monkeypatch.setattr(generators.inspect, "getsource", real)
+    assert generators.code_fingerprint(dcgan.DCGAN) == before
