@@ -16,7 +16,7 @@ from medbench.plugins.generators.progan import ProCritic, ProGAN, ProGenerator
 
 # Tuned for the learning test: a few hundred steps per class on a CPU. The equalized
 # learning rate moves weights by about lr per step, so so few steps need lr 0.01.
-LEARN = {"epochs": [5, 10, 8], "batch_size": 16, "fmaps": 32, "fmaps_min": 8, "lr": 0.01}
+LEARN = {"epochs": [6, 12, 16], "batch_size": 16, "fmaps": 32, "fmaps_min": 8, "lr": 0.01}
 TINY = {"latent": 16, "epochs": [1, 3, 3], "batch_size": 8, "fmaps": 8, "fmaps_min": 4,
         "fade": 0.5}
 
