@@ -234,9 +234,7 @@ class Engine:
             g = gens if not isinstance(gens, dict) else gens[c]
             try:
                 imgs = g.sample(c, n)
-            except MedbenchError:
-                raise
-            except (RuntimeError, ValueError) as exc:
+            except (RuntimeError, ValueError) as exc:   # a plugin bug, not a user error
                 raise PluginError(f"generator {arm.generator!r} failed to sample class "
                                   f"{self.ds.classes[c]!r}: {exc}") from None
             if imgs.dtype != torch.uint8 or tuple(imgs.shape[1:]) != tuple(x.shape[1:]) or len(imgs) != n:
