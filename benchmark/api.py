@@ -86,12 +86,20 @@ class Generator:
 
 
 class Optimizer:
-    """``minimize(objective, space, budget, seed) -> list of trials`` (dicts with
-    ``params`` and ``value``); ``objective`` maps a parameter dict to a float."""
+    """Minimizes ``objective(params) -> float`` over a ``medbench.space.SearchSpace``.
+
+    ``minimize(objective, space, budget, seed)`` calls ``objective`` with parameter dicts
+    inside ``space`` and returns the trials it ran, in order, as dicts ``{"params": ...,
+    "value": ...}``. The engine hands in a ``BudgetedObjective``: once the budget
+    (``medbench.space.Budget``: trials and/or seconds) is spent, the next call raises
+    ``BudgetExhausted``, which the optimizer catches, returning what it has. The same seed
+    with the same objective values must give the same sequence of parameters: a resumed
+    study replays its journal that way instead of re-running finished trials.
+    """
 
     description = ""
 
-    def minimize(self, objective: Callable[[dict], float], space: dict, budget: int,
+    def minimize(self, objective: Callable[[dict], float], space: Any, budget: Any,
                  seed: int = 0) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
 

@@ -75,24 +75,45 @@ def validate(suite, profile):
                f"= {n} cells; hash {loaded.hash})")
 
 
+def _default_out(loaded, profile) -> Path:
+    return Path("results") / (loaded.suite.name + (f"-{profile}" if profile else ""))
+
+
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Results folder (default results/<suite name>[-<profile>]).")
+              help="Results folder (default results/<suite name>[-<profile>][-tuned-<name>]).")
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
 @click.option("--executor", default="local", show_default=True, help="Executor plugin.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
+@click.option("--use-tuned", "use_tuned", default=None, metavar="NAME|PATH",
+              help="Train with the best parameters of `medbench tune`: an optimizer name "
+                   "(its study in results/<suite>[-<profile>]/tune/) or a best.json path "
+                   "(default: the suite's tuning.use).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(suite, out, profile, executor, device, quiet):
+def run(suite, out, profile, executor, device, use_tuned, quiet):
     """Run a suite; finished cells are kept, so rerunning resumes."""
     from .report import summarize, wide, with_minority_recall
     from .runner import run_suite
     from .suite import load_suite
     loaded = load_suite(suite, profile)
-    if out is None:
-        out = Path("results") / (loaded.suite.name + (f"-{profile}" if profile else ""))
+    base_out = _default_out(loaded, profile)
+    use_tuned = use_tuned or loaded.suite.tuning.use
+    args = ["run", suite, *(("--profile", profile) if profile else ())]
+    if use_tuned:
+        from .tuning import apply_params, tuned_params
+        params, path = tuned_params(loaded, use_tuned, base_out)
+        loaded = apply_params(loaded, params)
+        click.echo(f"tuned parameters from {path}: "
+                   + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in params.items()), err=True)
+        args += ["--use-tuned", use_tuned]
+        if out is None:
+            tag = Path(use_tuned).parent.name if use_tuned.endswith(".json") else use_tuned
+            out = base_out.with_name(f"{base_out.name}-tuned-{tag}")
+    out = out or base_out
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
-                   command=_command_line("run", suite, *(("--profile", profile) if profile else ())))
+                   command=_command_line(*args))
     if df.empty:
         click.echo("no cell finished; see the messages above")
         return
@@ -104,6 +125,90 @@ def run(suite, out, profile, executor, device, quiet):
     _print_table(table, f"{loaded.suite.name}: mean ± std on the real test fold(s)")
     click.echo(f"results: {out / 'results.parquet'} (and results.csv); tables: "
                f"medbench report {out}")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--optimizer", default=None,
+              help="Optimizer plugin(s), comma-separated: sma, random, optuna "
+                   "(default: the suite's tuning.optimizer).")
+@click.option("--budget", type=click.IntRange(min=1), default=None,
+              help="Objective evaluations per optimizer (default: tuning.budget.trials).")
+@click.option("--time", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Wall-time cap per optimizer, in seconds (default: tuning.budget.seconds).")
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder; the study goes to OUT/tune/<optimizer> "
+                   "(default results/<suite name>[-<profile>]).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL (sqlite:///study.db, postgresql://...) that several "
+                   "processes or machines share.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet):
+    """Tune the suite's subject (learning rate, dropout, SIIR, ...) on validation splits;
+    a killed study resumes without re-running finished trials."""
+    from .space import Budget
+    from .suite import load_suite
+    from .tuning import tune_suite
+    loaded = load_suite(suite, profile)
+    t = loaded.suite.tuning
+    names = [n.strip() for n in (optimizer or t.optimizer).split(",") if n.strip()]
+    if storage and names != ["optuna"]:
+        raise MedbenchError("--storage is Optuna's: use it with --optimizer optuna")
+    b = Budget(trials=budget if budget is not None else t.budget.trials,
+               seconds=seconds if seconds is not None else t.budget.seconds)
+    out = out or _default_out(loaded, profile)
+    for name in names:
+        args = ["tune", suite, *(("--profile", profile) if profile else ()), "--optimizer", name,
+                *(("--budget", budget) if budget else ()), *(("--time", seconds) if seconds else ()),
+                *(("--storage", storage) if storage else ())]
+        res = tune_suite(loaded, name, b, out, storage=storage, device=device, quiet=quiet,
+                         command=_command_line(*args))
+        if res.best is None:
+            click.echo(f"{name}: no trial succeeded; see {res.folder / 'trials.jsonl'}")
+            continue
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in res.best["params"].items())
+        click.echo(f"{name}: {len(res.records)} trial(s) ({res.new_trials} trained now, "
+                   f"{res.replayed} from the journal); best {t.objective} "
+                   f"{res.best['value']:.4f} with {shown}")
+        click.echo(f"  {res.folder / 'best.json'}, trials.csv, convergence.png; train with it: "
+                   f"medbench run {suite}{' --profile ' + profile if profile else ''} "
+                   f"--use-tuned {name}")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--component", "-c", required=True,
+              help="siir, generator, injection, optimizer, classifier, pretrained or synthetic.")
+@click.option("--levels", default=None,
+              help="Comma-separated levels (default: the suite's ablation block, else the "
+                   "component's defaults, e.g. SIIR 0,0.1,...,0.5).")
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder; levels go to OUT/ablate-<component>/<level> "
+                   "(default results/<suite name>[-<profile>]).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Table and figure folder (default reports/<results name>-ablate-<component>).")
+@click.option("--executor", default="local", show_default=True, help="Executor plugin.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def ablate(suite, component, levels, profile, out, report_dir, executor, device, quiet):
+    """One run per level of a component with everything else fixed; writes a table and
+    a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
+    from .ablation import ablate as run_ablation
+    from .suite import load_suite
+    loaded = load_suite(suite, profile)
+    out = out or _default_out(loaded, profile)
+    report_dir = report_dir or Path("reports") / f"{out.name}-ablate-{component}"
+    given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
+    args = ["ablate", suite, "--component", component, *(("--levels", levels) if levels else ()),
+            *(("--profile", profile) if profile else ())]
+    for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
+                          executor=executor, command=_command_line(*args),
+                          echo=lambda m: click.echo(m, err=True)):
+        click.echo(f"wrote {p}")
 
 
 def _print_table(table, title: str) -> None:

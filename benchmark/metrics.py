@@ -9,6 +9,11 @@ from sklearn.metrics import (average_precision_score, confusion_matrix, f1_score
                              precision_recall_fscore_support, roc_auc_score)
 
 
+# whole-set metrics (one number per cell): what a tuning objective can be
+SCALAR = ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",
+          "roc_auc", "pr_auc")
+
+
 def tune_threshold(y_val: np.ndarray, p_val: np.ndarray) -> float:
     """Binary tasks: the probability threshold for class 1 that maximises validation F1."""
     scores = p_val[:, 1]

@@ -26,6 +26,9 @@ BUILTIN_MODULES = (
     "medbench.plugins.generators.classical",
     "medbench.plugins.generators.dcgan",
     "medbench.plugins.generators.progan",
+    "medbench.plugins.optimizers.sma",
+    "medbench.plugins.optimizers.random_search",
+    "medbench.plugins.optimizers.optuna_study",
     "medbench.plugins.executors.local",
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import subprocess
@@ -226,6 +227,8 @@ class Engine:
         inj = arm.injection
         wanted = injection.plan(inj.policy, counts, self.ds.classes, siir=inj.siir,
                                 per_class=inj.per_class)
+        if sum(wanted) == 0:          # e.g. SIIR 0: no generator is fitted for nothing
+            return x, y, synthetic, wanted
         gens = self._generators(arm, fold, seed, x, y, wanted)
         xs, ys = [x], [y]
         for c, n in enumerate(wanted):
@@ -312,20 +315,28 @@ class Engine:
         return g
 
     # ------------------------------------------------------------ one cell
-    def run_cell(self, cell: Cell, reporter: Reporter | None = None) -> tuple[pd.DataFrame, dict]:
+    def derive(self, loaded: LoadedSuite) -> "Engine":
+        """An engine for a variant of this suite (tuning trials, ablation levels) that
+        shares the dataset, folds and fitted generators with this one. Only settings
+        that leave the data and generator parameters alone may differ."""
+        other = copy.copy(self)
+        other.loaded, other.s = loaded, loaded.suite
+        return other
+
+    def train_cell(self, arm_name: str, clf_key: str, seed: int, fold_index: int,
+                   reporter: Reporter | None = None) -> "Trained":
+        """Train one classifier on the arm's training set of a fold (real images plus the
+        arm's synthetic ones), selecting the checkpoint on the fold's real validation
+        split. Nothing here reads the test images."""
         s = self.s
-        arm = self.arm(cell.arm)
-        ccfg = self.classifier(cell.classifier)
+        arm = self.arm(arm_name)
+        ccfg = self.classifier(clf_key)
         info = registry().get("classifiers", ccfg.name)
         clf = info.obj()
-        folds = self.folds(cell.seed)
-        fold = folds[cell.fold]
-        x_tr, y_tr, synth, wanted = self.training_set(arm, fold, cell.seed)
+        fold = self.folds(seed)[fold_index]
+        x_tr, y_tr, synth, wanted = self.training_set(arm, fold, seed)
         x_val = self.ds.images[torch.from_numpy(fold.val)]
         y_val = self.ds.labels[torch.from_numpy(fold.val)]
-        x_te = self.ds.images[torch.from_numpy(fold.test)]
-        y_te = self.ds.labels[torch.from_numpy(fold.test)]
-
         tcfg = s.training
         if ccfg.training:
             from .suite import TrainingConfig
@@ -334,8 +345,8 @@ class Engine:
         normalize = tcfg.normalize
         if normalize == "auto":
             normalize = "imagenet" if ccfg.pretrained else "half"
-        torch.manual_seed(cell.seed)
-        np.random.seed(cell.seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
         try:
             model = clf.build(self.ds.num_classes, self.ds.images.shape[1], self.ds.images.shape[2],
                               pretrained=ccfg.pretrained, dropout=ccfg.dropout, **ccfg.params)
@@ -343,27 +354,48 @@ class Engine:
             raise PluginError(f"classifier {ccfg.name!r}: {exc}") from None
         weights = class_weight_vector(y_tr, self.ds.num_classes) if arm.class_weights else None
         trainer = Trainer(settings, self.device, normalize, self.ds.images.shape[1])
-        result = trainer.fit(model, clf.head(model), x_tr, y_tr, x_val, y_val, seed=cell.seed,
+        result = trainer.fit(model, clf.head(model), x_tr, y_tr, x_val, y_val, seed=seed,
                              class_weights=weights,
                              progress=reporter.epoch if reporter else None)
         p_val, _ = trainer.evaluate(model, x_val)
         threshold = None
         if tcfg.threshold == "f1" and self.ds.num_classes == 2:
             threshold = metrics.tune_threshold(y_val.numpy(), p_val)
-        p_te, test_loss = trainer.evaluate(model, x_te, y_te)
-        rows = metrics.compute(y_te.numpy(), p_te, self.ds.classes, s.metrics, threshold)
+        return Trained(arm, ccfg, info, fold, model, trainer, result, y_val.numpy(), p_val,
+                       threshold, synth, wanted)
+
+    def validation_scores(self, arm_name: str, clf_key: str, seed: int, fold_index: int,
+                          reporter: Reporter | None = None) -> dict[str, float]:
+        """What a tuning trial sees: the classifier's best validation loss and its metrics
+        on the fold's real validation split (carved from training data, never the test
+        fold)."""
+        t = self.train_cell(arm_name, clf_key, seed, fold_index, reporter)
+        rows = metrics.compute(t.y_val, t.p_val, self.ds.classes, list(metrics.SCALAR),
+                               t.threshold)
+        out = {m: v for m, c, v in rows if c == ""}
+        out["val_loss"] = t.result.best_val_loss
+        return out
+
+    def run_cell(self, cell: Cell, reporter: Reporter | None = None) -> tuple[pd.DataFrame, dict]:
+        s = self.s
+        t = self.train_cell(cell.arm, cell.classifier, cell.seed, cell.fold, reporter)
+        fold, result, synth, info = t.fold, t.result, t.synth, t.info
+        x_te = self.ds.images[torch.from_numpy(fold.test)]
+        y_te = self.ds.labels[torch.from_numpy(fold.test)]
+        p_te, test_loss = t.trainer.evaluate(t.model, x_te, y_te)
+        rows = metrics.compute(y_te.numpy(), p_te, self.ds.classes, s.metrics, t.threshold)
         rows.append(("test_loss", "", test_loss))
         rows.append(("val_loss", "", result.best_val_loss))
         df = pd.DataFrame(rows, columns=["metric", "class", "value"])
         df.insert(0, "metric_order", np.arange(len(df)))
-        gen_info = registry().get("generators", arm.generator) if arm.generator else None
+        gen_info = registry().get("generators", t.arm.generator) if t.arm.generator else None
         meta = {
             "suite": s.name, "suite_hash": self.loaded.hash, "profile": self.loaded.profile or "",
             "arm": cell.arm, "classifier": cell.classifier, "seed": cell.seed, "fold": cell.fold,
             "cell_order": cell.order, "n_train_real": int((~synth).sum()),
-            "n_synthetic": int(synth.sum()), "n_val": len(y_val), "n_test": len(y_te),
+            "n_synthetic": int(synth.sum()), "n_val": len(t.y_val), "n_test": len(y_te),
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "threshold": np.nan if threshold is None else threshold,
+            "threshold": np.nan if t.threshold is None else t.threshold,
             "train_seconds": round(result.seconds, 3),
             "classifier_plugin": f"{info.name} ({info.package} {info.version})",
             "generator_plugin": "" if gen_info is None else
@@ -372,9 +404,27 @@ class Engine:
         for k, v in reversed(list(meta.items())):
             df.insert(0, k, v)
         preds = {"y_true": y_te.numpy(), "probs": p_te.astype(np.float32),
-                 "test_index": fold.test, "synthetic_per_class": np.asarray(wanted),
+                 "test_index": fold.test, "synthetic_per_class": np.asarray(t.wanted),
                  "history_val_loss": np.array([h["val_loss"] for h in result.history])}
         return df, preds
+
+
+@dataclass
+class Trained:
+    """A classifier trained for one cell, before it has seen any test image."""
+
+    arm: ArmConfig
+    ccfg: ClassifierConfig
+    info: Any
+    fold: Fold
+    model: Any
+    trainer: Trainer
+    result: Any
+    y_val: np.ndarray
+    p_val: np.ndarray
+    threshold: float | None
+    synth: torch.Tensor
+    wanted: list[int]
 
 
 def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: str = "local",

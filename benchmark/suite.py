@@ -145,6 +145,54 @@ class ReportConfig(Strict):
                                                         "macro_f1", "roc_auc"])
 
 
+class SubjectConfig(Strict):
+    """The configuration that `medbench tune` and `medbench ablate` vary: one arm and
+    one classifier of the suite (defaults: the first arm with a generator, the first
+    classifier)."""
+
+    arm: str | None = None
+    classifier: str | None = None
+
+
+class BudgetConfig(Strict):
+    trials: int | None = Field(20, ge=1, description="objective evaluations (None: no cap)")
+    seconds: float | None = Field(None, gt=0, description="wall time of the study")
+
+
+class TuningConfig(Strict):
+    space: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": {"low": 1e-5, "high": 1e-3, "log": True},
+                                 "dropout": {"low": 0.05, "high": 0.25},
+                                 "siir": {"low": 0.0, "high": 0.5}},
+        description="parameter -> {low, high, log?, int?} or {choices}; names: lr, dropout, "
+                    "siir, weight_decay, momentum, batch_size, epochs, or a dotted path under "
+                    "training., classifier. or arm. (default: seed 000's space)")
+    objective: str = Field("val_loss", description="val_loss or a whole-set metric on the "
+                                                   "validation split")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="default: minimize val_loss, maximize a metric")
+    optimizer: str = "sma"
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                  description="parameters per optimizer plugin")
+    seed: int = 0
+    folds: int = Field(1, ge=1, description="the objective averages the first N folds of "
+                                            "the first protocol seed")
+    use: str | None = Field(None, description="`medbench run` applies these tuned parameters: "
+                                              "an optimizer name (its tune folder) or a "
+                                              "best.json path")
+
+
+class AblationConfig(Strict):
+    """Levels per component; a component not given uses its default levels."""
+
+    siir: list[float] | None = None
+    generator: list[str] | None = None
+    injection: list[Literal["balance", "complementary", "fixed"]] | None = None
+    optimizer: list[str] | None = None
+    classifier: list[str] | None = None
+
+
 class Suite(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -161,6 +209,9 @@ class Suite(Strict):
                     "own params win); profiles override them without repeating the arms")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device: str = "auto"
+    subject: SubjectConfig = Field(default_factory=SubjectConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
 
     def params_for(self, arm: "ArmConfig") -> dict[str, Any]:
         """The generator parameters an arm runs with."""
@@ -199,9 +250,13 @@ class LoadedSuite:
 
     @property
     def hash(self) -> str:
-        """Hash of everything that changes results (profiles and report block excluded)."""
-        data = {k: v for k, v in self.raw.items() if k not in ("profiles", "report", "description")}
+        """Hash of everything that changes results (profiles, report, and the tune and
+        ablate settings excluded: those make their own derived suites)."""
+        data = {k: v for k, v in self.raw.items() if k not in NOT_HASHED}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+NOT_HASHED = ("profiles", "report", "description", "subject", "tuning", "ablation")
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -1,0 +1,469 @@
+"""`medbench tune`: hyper-parameter search for one arm and classifier of a suite.
+
+A trial sets the searched parameters on the suite's subject (seed 000: the learning rate
+and dropout of the classifier and the SIIR of the ProGAN arm), trains the classifier on
+the training part of the first fold(s) and scores it on that fold's real validation
+split, which is carved from training data: the test fold is never read while tuning.
+
+Every finished trial is appended to a journal (``trials.jsonl``) before the next one
+starts. A resumed study runs its optimizer again from the same seed; the optimizer
+proposes the same parameters, and each one already in the journal is answered from
+there instead of being trained again. Optimizers with their own storage (Optuna with
+``storage:``) resume from that storage as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import MedbenchError, PluginError, ResultsError, SuiteError
+from .files import atomic_text
+from .metrics import SCALAR
+from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
+from .suite import LoadedSuite, Suite, format_validation_error
+
+# parameter names a suite may search without spelling out where they live
+ALIASES = {
+    "lr": "training.lr", "weight_decay": "training.weight_decay",
+    "momentum": "training.momentum", "batch_size": "training.batch_size",
+    "epochs": "training.epochs", "dropout": "classifier.dropout",
+    "siir": "arm.injection.siir",
+}
+SCOPES = ("training", "classifier", "arm")
+# the score an optimizer sees for a trial that failed (NaN loss, a diverged GAN)
+FAILED_SCORE = 1e6
+
+
+# --------------------------------------------------------------------------- subject
+
+def subject_of(suite: Suite) -> tuple[str, str]:
+    """The (arm, classifier) that tune and ablate vary."""
+    arms = [a.name for a in suite.arms]
+    clfs = [c.key for c in suite.classifiers]
+    arm = suite.subject.arm
+    if arm is None:
+        arm = next((a.name for a in suite.arms if a.generator), arms[0])
+    elif arm not in arms:
+        raise SuiteError(f"subject.arm {arm!r} is not an arm of the suite; arms: {', '.join(arms)}")
+    clf = suite.subject.classifier or clfs[0]
+    if clf not in clfs:
+        raise SuiteError(f"subject.classifier {clf!r} is not a classifier of the suite; "
+                         f"classifiers: {', '.join(clfs)}")
+    return arm, clf
+
+
+def target(name: str) -> tuple[str, list[str]]:
+    """Where a searched parameter lives: (scope, path inside the scope)."""
+    path = ALIASES.get(name, name).split(".")
+    if path[0] not in SCOPES or len(path) < 2:
+        raise SuiteError(f"tuning.space.{name}: unknown parameter; use one of "
+                         f"{', '.join(ALIASES)} or a dotted path under training., "
+                         "classifier. or arm.")
+    if path[0] == "training" and len(path) != 2:
+        raise SuiteError(f"tuning.space.{name}: training parameters are one level deep")
+    return path[0], path[1:]
+
+
+def _entry(raw: dict, what: str, key: str) -> dict:
+    if what == "arm":
+        return next(a for a in raw["arms"] if a["name"] == key)
+    return next(c for c in raw["classifiers"] if (c.get("label") or c["name"]) == key)
+
+
+def apply_params(loaded: LoadedSuite, params: dict[str, Any]) -> LoadedSuite:
+    """The suite with ``params`` set on its subject: training settings and classifier
+    fields on the subject classifier (so every arm trained with it sees them), arm fields
+    on the subject arm."""
+    arm, clf = subject_of(loaded.suite)
+    raw = copy.deepcopy(loaded.raw)
+    for name, value in params.items():
+        scope, path = target(name)
+        entry = _entry(raw, "arm" if scope == "arm" else "classifier", arm if scope == "arm" else clf)
+        if scope == "training":
+            entry = entry.setdefault("training", {})
+        for part in path[:-1]:
+            entry = entry.setdefault(part, {})
+            if not isinstance(entry, dict):
+                raise SuiteError(f"tuning.space.{name}: {part!r} is not a mapping in the suite")
+        entry[path[-1]] = value
+    return derived(loaded, raw, what="tuned parameters")
+
+
+def derived(loaded: LoadedSuite, raw: dict, what: str) -> LoadedSuite:
+    from pydantic import ValidationError
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as err:
+        raise SuiteError(f"{what}: " + format_validation_error(loaded.path, err, raw)) from None
+    return LoadedSuite(suite=suite, path=loaded.path, profile=loaded.profile, raw=raw)
+
+
+def objective_direction(suite: Suite) -> tuple[str, str]:
+    t = suite.tuning
+    if t.objective != "val_loss" and t.objective not in SCALAR:
+        raise SuiteError(f"tuning.objective {t.objective!r} is not known; use val_loss or one "
+                         f"of {', '.join(SCALAR)}")
+    return t.objective, t.direction or ("minimize" if t.objective == "val_loss" else "maximize")
+
+
+def check_tuning(loaded: LoadedSuite) -> SearchSpace:
+    """Fail before any training: a bad space, an unknown parameter, a SIIR that would
+    change nothing, a value the suite schema refuses."""
+    s = loaded.suite
+    space = SearchSpace.from_config(s.tuning.space)
+    objective_direction(s)
+    arm_name, _ = subject_of(s)
+    arm = next(a for a in s.arms if a.name == arm_name)
+    for name in space.names:
+        scope, path = target(name)
+        if scope == "arm" and path[0] == "injection" and path[-1] == "siir":
+            if not arm.generator or arm.injection.policy != "complementary":
+                raise SuiteError(f"tuning.space.{name}: SIIR only acts under the complementary "
+                                 f"injection policy; give arm {arm_name!r} a generator and "
+                                 "injection: {policy: complementary}")
+        if scope == "arm" and path[0] in ("name", "generator"):
+            raise SuiteError(f"tuning.space.{name}: an arm's name or generator cannot be tuned")
+    for corner in (0.0, 1.0):   # the extreme values must make valid suites
+        apply_params(loaded, space.from_unit([corner] * len(space)))
+    return space
+
+
+def evaluation_splits(loaded: LoadedSuite) -> list[tuple[int, int]]:
+    from .runner import count_folds
+    s = loaded.suite
+    n = min(s.tuning.folds, count_folds(loaded))
+    return [(s.protocol.seeds[0], f) for f in range(n)]
+
+
+# --------------------------------------------------------------------------- journal
+
+class Journal:
+    """``study.json`` (what the study is) and ``trials.jsonl`` (one line per finished
+    trial, appended and flushed to disk before the next trial starts)."""
+
+    def __init__(self, folder: Path, config: dict):
+        self.folder = Path(folder)
+        self.path = self.folder / "trials.jsonl"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot write the study to {self.folder}: "
+                               f"{exc.strerror or exc}; choose another folder with --out") from None
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        meta = self.folder / "study.json"
+        if meta.exists():
+            try:
+                old = json.loads(meta.read_text())
+            except json.JSONDecodeError:
+                raise ResultsError(f"{meta} is corrupt; remove {self.folder} to start over") from None
+            if old.get("study_hash") != digest:
+                raise ResultsError(
+                    f"{self.folder} holds a study of another configuration (hash "
+                    f"{old.get('study_hash')} != {digest}: the suite, search space, objective, "
+                    "optimizer or its seed changed); pass another --out or remove the folder")
+        else:
+            atomic_text(meta, json.dumps({**config, "study_hash": digest}, indent=2, default=str))
+        self.hash = digest
+
+    def records(self) -> list[dict]:
+        return read_journal(self.path)
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True, default=float) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_journal(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:   # a line cut by a kill: that trial did not finish
+            continue
+    return out
+
+
+def params_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- study
+
+@dataclass
+class TuneResult:
+    folder: Path
+    records: list[dict]
+    best: dict | None
+    new_trials: int
+    replayed: int
+
+
+class TrialProgress:
+    """A rich bar over trials on a terminal, one line per trial otherwise."""
+
+    def __init__(self, total: int | None, title: str, quiet: bool):
+        from rich.console import Console
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.bar = None
+        if not quiet and self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task(title, total=total)
+
+    def log(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(msg, highlight=False, markup=False)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def generator(self, text: str, fraction: float) -> None:
+        """Engine hook for a generator being fitted (the log lines say enough here)."""
+
+    def trial(self, done: int, text: str, best: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, description=f"best {best}")
+        self.log(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *,
+               storage: str | None = None, device: str | None = None, quiet: bool = False,
+               command: str | None = None) -> TuneResult:
+    from .registry import registry
+    from .runner import Engine, check_plugins, load_dataset
+    from .trainer import pick_device
+
+    check_plugins(loaded)
+    space = check_tuning(loaded)
+    s = loaded.suite
+    info = registry().get("optimizers", optimizer)
+    opt_params = dict(s.tuning.optimizers.get(optimizer, {}))
+    if storage is not None:
+        opt_params["storage"] = storage
+    try:
+        opt = info.obj(**opt_params)
+    except TypeError as exc:
+        raise PluginError(f"optimizer {optimizer!r}: {exc}") from None
+    objective, direction = objective_direction(s)
+    arm, clf = subject_of(s)
+    splits = evaluation_splits(loaded)
+    config = {
+        "suite": s.name, "suite_hash": loaded.hash, "profile": loaded.profile,
+        "subject": {"arm": arm, "classifier": clf}, "space": s.tuning.space,
+        "objective": objective, "direction": direction, "splits": splits,
+        "optimizer": optimizer, "optimizer_params": opt_params, "seed": s.tuning.seed,
+    }
+    folder = Path(out) / "tune" / optimizer
+    journal = Journal(folder, config)
+    memo = {params_key(r["params"]): r for r in journal.records()}
+    dev = pick_device(device or s.device)
+    ds, _ = load_dataset(loaded)
+    progress = TrialProgress(budget.trials, f"tune {s.name} ({optimizer})", quiet)
+    engine = Engine(loaded, ds, dev, out=None, reporter=progress)
+    counters = {"new": 0, "replayed": 0}
+    seen: list[dict] = []
+    budgeted = BudgetedObjective(lambda p: 0.0, budget)
+
+    def evaluate(params: dict) -> float:
+        key = params_key(params)
+        rec = memo.get(key)
+        replayed = rec is not None
+        if replayed:
+            counters["replayed"] += 1
+            budgeted.used_seconds += float(rec.get("seconds", 0.0))
+        else:
+            rec = _run_trial(loaded, engine, params, splits, objective, direction)
+            rec["number"] = len(journal.records())
+            rec["optimizer"] = optimizer
+            journal.append(rec)
+            memo[key] = rec
+            counters["new"] += 1
+        seen.append(rec)
+        best = _best(seen)
+        best_txt = "-" if best is None else f"{objective} {best['value']:.4f}"
+        status = (f"{objective} {rec['value']:.4f}" if rec["status"] == "ok"
+                  else f"FAILED: {rec['reason']}")
+        src = " (from the journal)" if replayed else ""
+        progress.trial(len(seen), f"[{len(seen)}{'/' + str(budget.trials) if budget.trials else ''}] "
+                       f"{_fmt_params(params)} -> {status} ({rec['seconds']:.1f} s){src}; "
+                       f"best {best_txt}", best_txt)
+        return float(rec["score"])
+
+    budgeted.fn = evaluate
+    if memo:
+        progress.log(f"resuming {folder}: {len(memo)} finished trial(s) in the journal are "
+                     "answered from it, not trained again")
+    try:
+        try:
+            opt.minimize(budgeted, space, budget, seed=s.tuning.seed)
+        except BudgetExhausted:
+            pass
+        for note in getattr(opt, "notes", []) or []:
+            progress.log(f"note: {note}")
+    finally:
+        progress.close()
+    plan = getattr(opt, "plan", None)
+    records = journal.records()
+    best = _best(seen) or _best(records)
+    summary = {
+        "suite": s.name, "profile": loaded.profile, "command": command, "optimizer": optimizer,
+        "optimizer_params": opt_params, "plan": plan, "seed": s.tuning.seed,
+        "budget": {"trials": budget.trials, "seconds": budget.seconds},
+        "subject": {"arm": arm, "classifier": clf}, "objective": objective,
+        "direction": direction, "splits": splits, "trials": len(seen),
+        "seconds": round(sum(float(r["seconds"]) for r in seen), 2),
+        "medbench": __version__, "host": socket.gethostname(),
+    }
+    if best is not None:
+        summary.update(params=best["params"], value=best["value"], trial=best["number"])
+        atomic_text(folder / "best.json", json.dumps(summary, indent=2, default=str))
+    write_history(folder, seen, objective)
+    # the order this run's optimizer visited the trials in (the journal may hold more)
+    atomic_text(folder / "order.json", json.dumps([params_key(r["params"]) for r in seen]))
+    plot_convergence(folder / "convergence.png", {optimizer: seen}, objective, direction)
+    write_comparison(Path(out) / "tune", objective, direction)
+    return TuneResult(folder, seen, best, counters["new"], counters["replayed"])
+
+
+def _run_trial(loaded: LoadedSuite, engine, params: dict, splits, objective: str,
+               direction: str) -> dict:
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"params": params, "pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        trial = engine.derive(apply_params(loaded, params))
+        arm, clf = subject_of(loaded.suite)
+        per_split = [trial.validation_scores(arm, clf, seed, fold) for seed, fold in splits]
+        value = sum(p[objective] for p in per_split) / len(per_split)
+        if not math.isfinite(value):
+            raise MedbenchError(f"{objective} is {value}")
+        rec.update(status="ok", value=value, score=value if direction == "minimize" else -value,
+                   splits=per_split)
+    except PluginError:
+        raise
+    except MedbenchError as exc:
+        rec.update(status="failed", reason=str(exc), value=float("nan"), score=FAILED_SCORE)
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def _best(records: list[dict]) -> dict | None:
+    ok = [r for r in records if r.get("status") == "ok"]
+    return min(ok, key=lambda r: r["score"]) if ok else None
+
+
+def write_history(folder: Path, records: list[dict], objective: str) -> None:
+    import pandas as pd
+    rows = []
+    for i, r in enumerate(records, 1):
+        row = {"trial": i, "journal_number": r.get("number"), "status": r["status"], objective: r["value"],
+               "seconds": r["seconds"], **{f"param_{k}": v for k, v in r["params"].items()}}
+        rows.append(row)
+    atomic_text(folder / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
+                     direction: str) -> None:
+    """Each trial's objective (dots) and the best so far (a step line), per optimizer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    sign = 1.0 if direction == "minimize" else -1.0
+    for name, recs in studies.items():
+        xs = [i for i, r in enumerate(recs, 1) if r["status"] == "ok"]
+        ys = [r["value"] for r in recs if r["status"] == "ok"]
+        if not xs:
+            continue
+        best, run = [], math.inf
+        for y in ys:
+            run = min(run, sign * y)
+            best.append(sign * run)
+        line, = ax.step(xs, best, where="post", label=f"{name} (best {best[-1]:.4f})")
+        ax.scatter(xs, ys, s=12, alpha=0.45, color=line.get_color())
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{objective} on the validation split")
+    ax.set_title(f"convergence ({direction} {objective})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from .files import atomic_write
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def write_comparison(tune_dir: Path, objective: str, direction: str) -> None:
+    """When a results folder holds studies of several optimizers with the same objective,
+    one table and one convergence figure side by side."""
+    studies: dict[str, list[dict]] = {}
+    rows = []
+    for best_path in sorted(tune_dir.glob("*/best.json")):
+        best = json.loads(best_path.read_text())
+        if best.get("objective") != objective:
+            continue
+        by_key = {params_key(r["params"]): r for r in read_journal(best_path.parent / "trials.jsonl")}
+        order = json.loads((best_path.parent / "order.json").read_text())
+        studies[best["optimizer"]] = [by_key[k] for k in order if k in by_key]
+        rows.append(f"| {best['optimizer']} | {best['trials']} | {best['value']:.4f} | "
+                    f"{_fmt_params(best['params'])} | {best['seconds']:.0f} |")
+    if len(studies) < 2:
+        return
+    plot_convergence(tune_dir / "convergence.png", studies, objective, direction)
+    text = "\n".join([f"# Tuning: {direction} {objective} on the validation split", "",
+                      "| optimizer | trials | best | parameters | seconds |",
+                      "|---|---|---|---|---|", *rows, ""])
+    atomic_text(tune_dir / "comparison.md", text)
+
+
+# --------------------------------------------------------------------------- use
+
+def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[dict, Path]:
+    """The best parameters of a finished study: ``spec`` is a best.json path or an
+    optimizer name, looked up in ``results_root/tune/<name>/best.json``."""
+    p = Path(spec)
+    if not (p.suffix == ".json" or p.is_file()):
+        p = results_root / "tune" / spec / "best.json"
+    if not p.is_file():
+        raise ResultsError(f"no tuned parameters at {p}; run `medbench tune {loaded.path.name}"
+                           + (f" --profile {loaded.profile}" if loaded.profile else "")
+                           + f" --optimizer {spec}` first, or give the path of a best.json")
+    try:
+        best = json.loads(p.read_text())
+        params = best["params"]
+    except (json.JSONDecodeError, KeyError):
+        raise ResultsError(f"{p} is not a medbench best.json (no `params`)") from None
+    arm, clf = subject_of(loaded.suite)
+    subj = best.get("subject") or {}
+    if subj and (subj.get("arm"), subj.get("classifier")) != (arm, clf):
+        raise ResultsError(f"{p} was tuned for arm {subj.get('arm')!r} and classifier "
+                           f"{subj.get('classifier')!r}, but this suite's subject is {arm!r} and {clf!r}")
+    return params, p

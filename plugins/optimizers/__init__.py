@@ -1,0 +1,1 @@
+"""Built-in hyper-parameter optimizers: ``sma`` (mealpy), ``random`` and ``optuna``."""
