@@ -28,7 +28,7 @@ class MedbenchGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted: finished cells are saved; rerun the same command to resume",
+            click.echo("interrupted: finished cells and trials are saved; rerun the same command to resume",
                        err=True)
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001
@@ -68,6 +68,9 @@ def validate(suite, profile):
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     check_plugins(loaded)
+    if "tuning" in loaded.raw:          # a suite that declares a study: check it too
+        from .tuning import check_tuning
+        check_tuning(loaded)
     s = loaded.suite
     n = len(expand_cells(loaded, count_folds(loaded)))
     click.echo(f"{suite}: valid suite {s.name!r} ({len(s.arms)} arm(s) x {len(s.classifiers)} "

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_text
-from .store import ResultsStore
+from .store import ResultsStore, safe_name
 
 LABELS = {
     "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",
@@ -76,6 +76,57 @@ def wide(summary: pd.DataFrame, digits: int = 4, sep: str = " ± ") -> pd.DataFr
     return t.reset_index()
 
 
+BASELINE = "none"
+
+
+def significance(df: pd.DataFrame, metrics: list[str], method: str = "wilcoxon") -> pd.DataFrame:
+    """Every arm against the `none` arm on each metric: paired test over the matched
+    (classifier, seed, fold) cells, Holm-corrected over the arms (see medbench.stats).
+    Empty when the suite has no `none` arm."""
+    from .stats import compare_to_baseline
+    if BASELINE not in set(df["arm"]):
+        return pd.DataFrame()
+    present = set(df.loc[df["class"] == "", "metric"])
+    parts = [compare_to_baseline(df, m, BASELINE, method=method) for m in metrics if m in present]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def mcnemar_table(store: ResultsStore, df: pd.DataFrame) -> pd.DataFrame:
+    """McNemar against `none` on the stored test predictions, pooled per arm."""
+    from .stats import mcnemar_to_baseline
+    if BASELINE not in set(df["arm"]):
+        return pd.DataFrame()
+    cells = df.drop_duplicates(["arm", "classifier", "seed", "fold"]).sort_values("cell_order")
+    preds: dict = {}
+    for row in cells.itertuples(index=False):
+        key = safe_name(f"{row.arm}__{row.classifier}__s{row.seed}__f{row.fold}")
+        try:
+            p = store.load_preds(key)
+        except FileNotFoundError:
+            continue
+        preds.setdefault((row.arm, row.classifier), []).append(
+            (int(row.seed), int(row.fold), p["y_true"], p["probs"]))
+    return mcnemar_to_baseline(preds, BASELINE) if preds else pd.DataFrame()
+
+
+def _p(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else ("<0.0001" if v < 1e-4 else f"{v:.4f}")
+
+
+def marked(table: pd.DataFrame, sig: pd.DataFrame) -> pd.DataFrame:
+    """The wide table with each metric's significance mark appended (* ** ***)."""
+    if sig.empty:
+        return table
+    t = table.copy()
+    for row in sig.itertuples(index=False):
+        col = LABELS.get(row.metric, row.metric)
+        if not row.mark or col not in t.columns:
+            continue
+        hit = (t["arm"] == row.arm) & (t["classifier"] == row.classifier)
+        t.loc[hit, col] = t.loc[hit, col] + " " + row.mark
+    return t
+
+
 def md_table(t: pd.DataFrame) -> str:
     cols = list(t.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -105,6 +156,37 @@ def latex_table(t: pd.DataFrame, caption: str) -> str:
         r"\end{tabular}", r"\end{table}", ""])
 
 
+def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
+    n = int(sig["n_pairs"].max()) if len(sig) else 0
+    arms = sig.groupby("classifier")["arm"].nunique().max()
+    out = [f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
+           f"matched (seed, fold) runs ({n} pairs), Holm-corrected over the {arms} arm(s) "
+           "compared: * p < 0.05, ** p < 0.01, *** p < 0.001."
+           + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
+              "data; read the differences and McNemar's test below." if n < 6 else ""), "",
+           "Difference from `none` (mean over pairs; Holm-adjusted Wilcoxon p):", ""]
+    cols = [m for m in metrics if m in set(sig["metric"])]
+    rows = []
+    for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
+        g = g.set_index("metric")
+        rows.append([arm, clf, int(g["n_pairs"].max())]
+                    + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
+    t = pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
+    out += [md_table(t), ""]
+    if not mcn.empty:
+        m = mcn.copy()
+        t = pd.DataFrame({"arm": m["arm"], "classifier": m["classifier"], "runs pooled": m["n_cells"],
+                          "test images": m["n"], "only arm right": m["b"],
+                          "only none right": m["c"], "p": [_p(v) for v in m["p_value"]],
+                          "p (Holm)": [_p(v) + (" " + k if k else "")
+                                       for v, k in zip(m["p_adjusted"], m["mark"])]})
+        out += ["McNemar's test against `none` on the test predictions pooled over runs "
+                "(exact binomial below 25 discordant images, else chi-square with continuity "
+                "correction; pooling seeds repeats each test image, so read these p-values "
+                "as screening numbers):", "", md_table(t), ""]
+    return out
+
+
 def header_lines(manifest: dict, results_dir: Path) -> list[str]:
     run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
     return [
@@ -131,7 +213,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     if "minority_recall" in metrics:
         df, minority = with_minority_recall(df, data)
     summary = summarize(df, metrics)
-    table = wide(summary)
+    sig = significance(df, metrics)
+    mcn = mcnemar_table(store, df)
+    table = marked(wide(summary), sig)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     head = header_lines(manifest, results_dir)
@@ -147,6 +231,8 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
                   "test fold(s)." + (f" Minority recall: recall of `{minority}`, the "
                                      "smallest class." if minority else ""),
                   "", md_table(table), ""]
+        if not sig.empty:
+            parts += _significance_md(sig, mcn, metrics)
         pc = per_class(df, "recall")
         if not pc.empty:
             parts += ["Per-class recall (mean):", "", md_table(pc), ""]
@@ -161,6 +247,14 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         csv = "# " + "\n# ".join(head) + "\n" + summary.to_csv(index=False, float_format="%.6f")
         atomic_text(p, csv)
         written.append(p)
+        if not sig.empty:
+            p = out_dir / "significance.csv"
+            text = "# " + "\n# ".join(head) + "\n" + sig.to_csv(index=False, float_format="%.6g")
+            if not mcn.empty:
+                text += "\n# McNemar against none on pooled test predictions\n" + \
+                    mcn.to_csv(index=False, float_format="%.6g")
+            atomic_text(p, text)
+            written.append(p)
     if "latex" in formats:
         p = out_dir / "summary.tex"
         cap = f"{manifest.get('suite')}: mean ± std over folds and seeds"

@@ -322,9 +322,10 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
     if memo:
         progress.log(f"resuming {folder}: {len(memo)} finished trial(s) in the journal are "
                      "answered from it, not trained again")
+    returned: list[dict] = []
     try:
         try:
-            opt.minimize(budgeted, space, budget, seed=s.tuning.seed)
+            returned = opt.minimize(budgeted, space, budget, seed=s.tuning.seed) or []
         except BudgetExhausted:
             pass
         for note in getattr(opt, "notes", []) or []:
@@ -332,14 +333,26 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
     finally:
         progress.close()
     plan = getattr(opt, "plan", None)
-    records = journal.records()
-    best = _best(seen) or _best(records)
+    best = _best(seen)
+    # a study shared with other processes (Optuna storage) returns all of its trials,
+    # numbered: the best is the study's, wherever it ran
+    shared = [t for t in returned if "number" in t and t.get("value") is not None]
+    if shared:
+        top = min(shared, key=lambda t: t["value"])
+        best = {"params": top["params"], "number": top["number"],
+                "value": top["value"] if direction == "minimize" else -top["value"]}
+        import pandas as pd
+        atomic_text(folder / "study_trials.csv", pd.DataFrame(
+            [{"number": t["number"], "host": t.get("host"), "pid": t.get("pid"),
+              "score": t["value"], **{f"param_{k}": v for k, v in t["params"].items()}}
+             for t in shared]).to_csv(index=False))
     summary = {
         "suite": s.name, "profile": loaded.profile, "command": command, "optimizer": optimizer,
         "optimizer_params": opt_params, "plan": plan, "seed": s.tuning.seed,
         "budget": {"trials": budget.trials, "seconds": budget.seconds},
         "subject": {"arm": arm, "classifier": clf}, "objective": objective,
         "direction": direction, "splits": splits, "trials": len(seen),
+        "study_trials": len(shared) if shared else None,
         "seconds": round(sum(float(r["seconds"]) for r in seen), 2),
         "medbench": __version__, "host": socket.gethostname(),
     }
@@ -450,7 +463,10 @@ def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[di
     """The best parameters of a finished study: ``spec`` is a best.json path or an
     optimizer name, looked up in ``results_root/tune/<name>/best.json``."""
     p = Path(spec)
-    if not (p.suffix == ".json" or p.is_file()):
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_absolute() and not p.is_file():   # a suite's tuning.use: beside the suite
+            p = loaded.path.parent / p
+    else:
         p = results_root / "tune" / spec / "best.json"
     if not p.is_file():
         raise ResultsError(f"no tuned parameters at {p}; run `medbench tune {loaded.path.name}"

@@ -103,6 +103,16 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
                     r"`medbench report \S+`", md.splitlines()[2]), md.splitlines()[2]
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
     assert r"\toprule" in (rep / "summary.tex").read_text()
+    # significance against `none`: the paired test over the 3 folds and McNemar on the
+    # pooled test predictions, the same numbers as medbench.stats gives on the results
+    assert "Marks: paired Wilcoxon" in md and "McNemar's test against `none`" in md
+    sig = pd.read_csv(rep / "significance.csv", comment="#", nrows=4)
+    from medbench.stats import compare_to_baseline
+    df = pd.read_parquet(out / "results.parquet")
+    want = compare_to_baseline(df, "accuracy")
+    got = sig[(sig.metric == "accuracy") & (sig.arm == "oversample")]
+    assert got.p_adjusted.iloc[0] == pytest.approx(want.p_adjusted.iloc[0], rel=1e-5)
+    assert got.n_pairs.iloc[0] == 3
     first = {p.name: p.read_bytes() for p in rep.iterdir()}
     CliRunner().invoke(cli, ["report", str(out), "--out", str(rep)])
     assert first == {p.name: p.read_bytes() for p in rep.iterdir()}

@@ -104,15 +104,27 @@ def test_use_tuned_trains_the_final_protocol_with_the_best_parameters(write_suit
     assert "--use-tuned" in manifest["command"]
     r = _invoke("run", path, "--use-tuned", "sma", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "medbench tune" in r.output
+    # the suite field does the same as the option, with a path relative to the suite
+    (path.parent / "tuned.json").write_text((out / "tune" / "random" / "best.json").read_text())
+    r = _invoke("run", write_suite(tune_suite_dict(tuning={"space": SPACE, "use": "tuned.json"}),
+                                   "with_use.yaml"), "--out", tmp_path / "final2", "-q")
+    assert r.exit_code == 0, r.output
+    again = pd.read_parquet(tmp_path / "final2" / "results.parquet")
+    assert list(again.n_synthetic) == list(df.n_synthetic)
+    r = _invoke("validate", write_suite(tune_suite_dict(tuning={"space": {"nope": [0, 1]}}),
+                                        "bad.yaml"))
+    assert r.exit_code == 2 and "unknown parameter" in r.output
 
 
-def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suite, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sma", "optuna"])
+def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suite, tmp_path,
+                                                                      optimizer):
     path = write_suite(tune_suite_dict(tuning={"space": SPACE, "budget": {"trials": 6},
                                                "optimizers": {"sma": {"pop_size": 5}}}))
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), "--optimizer",
-                             "sma", "--out", str(out)], stderr=subprocess.PIPE,
+                             optimizer, "--out", str(out)], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=env)
     seen = 0
     for line in proc.stderr:                 # blocks on the child's output, no sleeping
@@ -123,25 +135,25 @@ def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suit
                 break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    folder = out / "tune" / "sma"
+    folder = out / "tune" / optimizer
     before = _journal(folder)
     assert 3 <= len(before) < 6
-    r = _invoke("tune", path, "--optimizer", "sma", "--out", out)
+    r = _invoke("tune", path, "--optimizer", optimizer, "--out", out)
     assert r.exit_code == 0, r.output
     assert f"{6 - len(before)} trained now, {len(before)} from the journal" in r.stdout
     after = _journal(folder)
     assert len(after) == 6 and after[:len(before)] == before
     assert len({json.dumps(a["params"], sort_keys=True) for a in after}) == 6
     # the same study without the kill proposes the same trials in the same order
-    r = _invoke("tune", path, "--optimizer", "sma", "--out", tmp_path / "whole", "-q")
+    r = _invoke("tune", path, "--optimizer", optimizer, "--out", tmp_path / "whole", "-q")
     assert r.exit_code == 0, r.output
-    whole = _journal(tmp_path / "whole" / "tune" / "sma")
+    whole = _journal(tmp_path / "whole" / "tune" / optimizer)
     assert [w["params"] for w in whole] == [a["params"] for a in after]
     np.testing.assert_allclose([w["value"] for w in whole], [a["value"] for a in after], rtol=1e-5)
     # a changed configuration is refused rather than mixed into the journal
     changed = tune_suite_dict(tuning={"space": {**SPACE, "dropout": {"low": 0.0, "high": 0.3}},
                                       "budget": {"trials": 6}, "optimizers": {"sma": {"pop_size": 5}}})
-    r = _invoke("tune", write_suite(changed, "changed.yaml"), "--optimizer", "sma", "--out", out)
+    r = _invoke("tune", write_suite(changed, "changed.yaml"), "--optimizer", optimizer, "--out", out)
     assert r.exit_code == 2 and "another configuration" in r.output
     assert _journal(folder) == after
 
@@ -229,5 +241,33 @@ def test_ablate_other_components_build_their_levels(write_suite, tmp_path):
     r = _invoke("ablate", write_suite(tune_suite_dict(), "s2.yaml"), "--component", "optimizer",
                 "--out", tmp_path / "none")
     assert r.exit_code == 2 and "medbench tune" in r.output
+    # with a finished study, its best parameters are a level beside the untuned suite
+    out = tmp_path / "res"
+    assert _invoke("tune", write_suite(tune_suite_dict(), "s4.yaml"), "--optimizer", "random",
+                   "--budget", 2, "--out", out, "-q").exit_code == 0
+    best = json.loads((out / "tune" / "random" / "best.json").read_text())["params"]
+    opt = levels(loaded, "optimizer", None, out)
+    assert [lv.label for lv in opt] == ["optimizer=default", "optimizer=random"]
+    assert opt[0].loaded.suite.arms[0].injection.siir == 0.2
+    assert opt[1].loaded.suite.arms[0].injection.siir == best["siir"]
+    assert opt[1].loaded.suite.classifiers[0].dropout == best["dropout"]
+    assert opt[1].loaded.suite.classifiers[0].training["lr"] == best["lr"]
     r = _invoke("ablate", write_suite(tune_suite_dict(), "s3.yaml"), "--component", "colour")
     assert r.exit_code == 2 and "unknown component" in r.output
+
+
+def test_tune_with_a_shared_optuna_storage(write_suite, tmp_path):
+    path = write_suite(tune_suite_dict())
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    r = _invoke("tune", path, "--optimizer", "optuna", "--storage", url, "--budget", 3,
+                "--out", tmp_path / "a", "-q")
+    assert r.exit_code == 0, r.output
+    import optuna
+    study = optuna.load_study(study_name="medbench", storage=url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    best = json.loads((tmp_path / "a" / "tune" / "optuna" / "best.json").read_text())
+    assert best["value"] == pytest.approx(min(t.value for t in done))
+    assert best["study_trials"] == 3
+    r = _invoke("tune", path, "--optimizer", "sma", "--storage", url, "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "--storage" in r.output
