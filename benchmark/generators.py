@@ -117,9 +117,14 @@ class GeneratorCache:
 
 def write_generator_artifacts(out: Path, generator_name: str, params: dict, key: str,
                               seed: int, fold: int, class_name: str | None, g,
-                              source: str) -> Path:
+                              source: str, real: tuple[torch.Tensor, torch.Tensor] | None = None
+                              ) -> Path:
     """``out/generators/<generator>/s<seed>-f<fold>-<class>/``: info.json, losses.csv,
-    losses.png and one samples_*.png per kept grid. Written once per fitted model."""
+    losses.png, one samples_*.png per kept grid and, when the generator keeps sample grids
+    and ``real`` (the real training images and labels it was fitted on) is given,
+    real.png: a grid of up to 64 of those images, laid out like the sample grids (one
+    class per row, cycling, for a model of all classes), for the report to show beside
+    the samples. Written once per fitted model."""
     where = "all" if class_name is None else safe_name(class_name)
     folder = Path(out) / "generators" / safe_name(generator_name) / f"s{seed}-f{fold}-{where}"
     info_path = folder / "info.json"
@@ -141,12 +146,34 @@ def write_generator_artifacts(out: Path, generator_name: str, params: dict, key:
         _loss_plot(folder / "losses.png", history, generator_name, class_name)
     for i, (label, images) in enumerate(grids):
         _grid_png(folder / f"samples_{i:02d}_{safe_name(label)}.png", images)
+    if grids and real is not None and len(real[0]):
+        _grid_png(folder / "real.png", _real_grid(real[0], real[1], class_name is None))
     info = {"key": key, "generator": generator_name, "params": params, "seed": seed,
             "fold": fold, "class": class_name, "source": source,
             "notes": list(getattr(g, "notes", []) or []), "steps": len(history),
             "grids": [label for label, _ in grids]}
     atomic_text(info_path, json.dumps(info, indent=2, default=str))
     return folder
+
+
+def _real_grid(images: torch.Tensor, labels: torch.Tensor, by_class: bool,
+               side: int = 8) -> torch.Tensor:
+    """Up to side x side real images in their given order; with ``by_class``, row r holds
+    images of the r-th class (cycling), as the sample grids of a conditional GAN do."""
+    if not by_class:
+        return images[:side * side]
+    ids = sorted(set(int(c) for c in labels.tolist()))
+    pools = {c: images[labels == c] for c in ids}
+    used = {c: 0 for c in ids}
+    rows = []
+    for r in range(side):
+        c = ids[r % len(ids)]
+        chunk = pools[c][used[c]:used[c] + side]
+        used[c] += len(chunk)
+        if len(chunk) < side:          # a small class: pad the row with blanks
+            chunk = torch.cat([chunk, images.new_zeros((side - len(chunk), *images.shape[1:]))])
+        rows.append(chunk)
+    return torch.cat(rows)
 
 
 def _grid_png(path: Path, images: torch.Tensor) -> None:

@@ -200,11 +200,15 @@ def header_lines(manifest: dict, results_dir: Path) -> list[str]:
 
 def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = None,
                  metrics: list[str] | None = None) -> list[Path]:
+    """Tables in the given formats (md, csv, latex, html). Without ``formats``: the
+    suite's report.formats plus html. With md or html, the figures too (figures/, and
+    ablate-<component>/ for each ablation of the results folder)."""
     store = ResultsStore(results_dir)
     manifest = store.manifest()
     df = store.load()
     cfg = manifest.get("report") or {}
-    formats = formats or cfg.get("formats") or ["md", "csv", "latex"]
+    if not formats:
+        formats = list(dict.fromkeys([*(cfg.get("formats") or ["md", "csv", "latex"]), "html"]))
     metrics = metrics or cfg.get("metrics") or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"]
     data = {}
     if (results_dir / "data_report.json").exists():
@@ -219,18 +223,26 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     head = header_lines(manifest, results_dir)
+    figures = []
+    if "md" in formats or "html" in formats:
+        from .figures import write_figures
+        figures = write_figures(results_dir, out_dir, store, df, data)
+        written += [p for f in figures for p in f.paths]
+    data_line = None
+    if data:
+        counts = ", ".join(f"{c} {n}" for c, n in zip(data["classes"], data["counts"]))
+        data_line = (f"Data: {data['loader']} ({data['images']} images: {counts}; "
+                     f"{data['image_size']} px, {data['channels']} channel(s)); duplicates: "
+                     f"{data['duplicates_summary']}.")
+    splits = df.groupby(["seed", "fold"]).ngroups
+    note = (f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
+            "test fold(s)." + (f" Minority recall: recall of `{minority}`, the "
+                               "smallest class." if minority else ""))
     if "md" in formats:
         parts = [f"# {manifest.get('suite')}: results", "", *head, ""]
-        if data:
-            counts = ", ".join(f"{c} {n}" for c, n in zip(data["classes"], data["counts"]))
-            parts += [f"Data: {data['loader']} ({data['images']} images: {counts}; "
-                      f"{data['image_size']} px, {data['channels']} channel(s)); duplicates: "
-                      f"{data['duplicates_summary']}.", ""]
-        splits = df.groupby(["seed", "fold"]).ngroups
-        parts += [f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
-                  "test fold(s)." + (f" Minority recall: recall of `{minority}`, the "
-                                     "smallest class." if minority else ""),
-                  "", md_table(table), ""]
+        if data_line:
+            parts += [data_line, ""]
+        parts += [note, "", md_table(table), ""]
         if not sig.empty:
             parts += _significance_md(sig, mcn, metrics)
         pc = per_class(df, "recall")
@@ -239,6 +251,11 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         failed = store.failures()
         if failed:
             parts += ["Failed cells:", ""] + [f"- {f['cell']}: {f['reason']}" for f in failed] + [""]
+        if figures:
+            parts += ["Figures (PNG and PDF; all of them in report.html):", ""]
+            parts += [f"- [{f.title}]({f.png.relative_to(out_dir).as_posix()})"
+                      + (f" ([PDF]({f.pdf.relative_to(out_dir).as_posix()}))" if f.pdf else "")
+                      for f in figures] + [""]
         p = out_dir / "summary.md"
         atomic_text(p, "\n".join(parts))
         written.append(p)
@@ -261,4 +278,14 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         tex = "% " + "\n% ".join(head) + "\n" + latex_table(table, cap)
         atomic_text(p, tex)
         written.append(p)
+    if "html" in formats:
+        from .html import write_html
+        fidelity = results_dir / "fidelity.csv"
+        arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
+        written.append(write_html(
+            out_dir / "report.html", title=f"{manifest.get('suite')}: results", head=head,
+            data_line=data_line, note=note, table=table, sig=sig, mcn=mcn, metrics=metrics,
+            per_class=per_class(df, "recall"), failed=store.failures(),
+            fidelity=fidelity if fidelity.is_file() else None, arms=arms,
+            classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir))
     return written

@@ -311,7 +311,8 @@ class Engine:
         self._log_notes(g)
         if self.out is not None:
             write_generator_artifacts(self.out, arm.generator, params, key, seed, fold.index,
-                                      None if c is None else self.ds.classes[c], g, source)
+                                      None if c is None else self.ds.classes[c], g, source,
+                                      real=(xs, ys))
         return g
 
     # ------------------------------------------------------------ one cell

@@ -180,7 +180,7 @@ class Journal:
         return read_journal(self.path)
 
     def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True, default=float) + "\n"
+        line = json.dumps(record, default=float) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

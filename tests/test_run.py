@@ -113,9 +113,17 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     got = sig[(sig.metric == "accuracy") & (sig.arm == "oversample")]
     assert got.p_adjusted.iloc[0] == pytest.approx(want.p_adjusted.iloc[0], rel=1e-5)
     assert got.n_pairs.iloc[0] == 3
-    first = {p.name: p.read_bytes() for p in rep.iterdir()}
+    # figures (PNG and PDF) and report.html come with the tables by default
+    assert (rep / "report.html").is_file()
+    assert {p.name for p in (rep / "figures").iterdir()} >= {
+        "confusion-smallcnn.png", "confusion-smallcnn.pdf", "roc-pr-smallcnn.png",
+        "roc-pr-smallcnn.pdf"}
+
+    def files():
+        return {p.relative_to(rep): p.read_bytes() for p in rep.rglob("*") if p.is_file()}
+    first = files()
     CliRunner().invoke(cli, ["report", str(out), "--out", str(rep)])
-    assert first == {p.name: p.read_bytes() for p in rep.iterdir()}
+    assert first == files()
 
 
 def test_report_on_missing_folder_is_a_clear_error(tmp_path):

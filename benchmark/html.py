@@ -1,0 +1,200 @@
+"""``report.html``: the whole report as one self-contained page.
+
+No external files and no network: figures are embedded as base64 data URIs, the CSS is
+inline and there is no script; a Content-Security-Policy forbids the page to load
+anything but data: images. All text is escaped. Nothing depends on the time, so
+rerunning the report rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .files import atomic_text
+from .report import LABELS, _fmt, _p
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.1em; }
+code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; font-size: .92em; }
+.head p { margin: .2em 0; color: #444; font-size: .92em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; }
+td.l, th.l { text-align: left; }
+.wrap { overflow-x: auto; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: .88em; color: #444; }
+.note { font-size: .9em; color: #444; }
+"""
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+# text columns, left-aligned
+LEFT = {"arm", "classifier", "generator", "class", "level", "cell", "reason"}
+
+
+def _code(text: str) -> str:
+    """Escape, then show `backticked` parts as code (the Markdown header lines)."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def table_html(t: pd.DataFrame) -> str:
+    cols = [str(c) for c in t.columns]
+    cls = [' class="l"' if c in LEFT else "" for c in cols]
+    head = "".join(f"<th{k}>{html.escape(c)}</th>" for c, k in zip(cols, cls))
+    body = "\n".join("<tr>" + "".join(f"<td{k}>{html.escape(_fmt(v))}</td>" for v, k in zip(row, cls))
+                     + "</tr>" for row in t.itertuples(index=False))
+    return f'<div class="wrap"><table>\n<tr>{head}</tr>\n{body}\n</table></div>'
+
+
+def significance_html(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The tables of report._significance_md, from the same DataFrames."""
+    n = int(sig["n_pairs"].max()) if len(sig) else 0
+    arms = sig.groupby("classifier")["arm"].nunique().max()
+    out = [f'<p class="note">Marks: paired Wilcoxon signed-rank test of each arm against '
+           f"<code>none</code> over the matched (seed, fold) runs ({n} pairs), Holm-corrected "
+           f"over the {arms} arm(s) compared: * p &lt; 0.05, ** p &lt; 0.01, *** p &lt; 0.001."
+           + (" With fewer than 6 pairs this test cannot reach p &lt; 0.05 whatever the data; "
+              "read the differences and McNemar's test below." if n < 6 else "") + "</p>",
+           "<p>Difference from <code>none</code> (mean over pairs; Holm-adjusted Wilcoxon p):</p>"]
+    cols = [m for m in metrics if m in set(sig["metric"])]
+    rows = []
+    for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
+        g = g.set_index("metric")
+        rows.append([arm, clf, int(g["n_pairs"].max())]
+                    + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
+    out.append(table_html(pd.DataFrame(
+        rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])))
+    if not mcn.empty:
+        t = pd.DataFrame({"arm": mcn["arm"], "classifier": mcn["classifier"],
+                          "runs pooled": mcn["n_cells"], "test images": mcn["n"],
+                          "only arm right": mcn["b"], "only none right": mcn["c"],
+                          "p": [_p(v) for v in mcn["p_value"]],
+                          "p (Holm)": [_p(v) + (" " + k if k else "")
+                                       for v, k in zip(mcn["p_adjusted"], mcn["mark"])]})
+        out += ["<p>McNemar's test against <code>none</code> on the test predictions pooled over "
+                "runs (exact binomial below 25 discordant images, else chi-square with "
+                "continuity correction; pooling seeds repeats each test image, so read these "
+                "p-values as screening numbers):</p>", table_html(t)]
+    return out
+
+
+# ------------------------------------------------------------------ fidelity
+FIDELITY_SHOWN = [("n_real", "real images"), ("n_synthetic", "synthetic images"),
+                  ("n_test_real", "real test images"), ("fid", "FID"),
+                  ("kid_mean", "KID"), ("kid_std", "KID std"), ("isc_mean", "IS"),
+                  ("precision", "precision"), ("recall", "recall"),
+                  ("fid_real_vs_real", "FID real vs real"), ("kid_real_vs_real", "KID real vs real")]
+
+
+def _num(v: float) -> str:
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def fidelity_table(path: Path, arms: list[str], classes: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Mean over (seed, fold) per arm, generator and class of ``fidelity.csv``, and the
+    feature extractors named in it. Lines starting with # are comments; missing columns
+    are left out."""
+    text = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
+                     if not line.startswith("#"))
+    keys = ["arm", "generator", "class"]
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if raw.empty or "arm" not in raw:
+        return pd.DataFrame(), []
+    keys = [k for k in keys if k in raw]
+    extractors = sorted(set(raw["extractor"]) - {""}) if "extractor" in raw else []
+    shown = [(c, label) for c, label in FIDELITY_SHOWN if c in raw]
+    for c, _ in shown:
+        raw[c] = pd.to_numeric(raw[c], errors="coerce")
+    runs = (raw.groupby(keys, sort=False)[["seed", "fold"]].apply(lambda g: len(g.drop_duplicates()))
+            if {"seed", "fold"} <= set(raw) else raw.groupby(keys, sort=False).size())
+    means = raw.groupby(keys, sort=False)[[c for c, _ in shown]].mean()
+    means.insert(0, "runs", runs)
+    means = means.reset_index()
+    a = {x: i for i, x in enumerate(arms)}
+    k = {x: i for i, x in enumerate(classes)}
+    means["_a"] = means["arm"].map(lambda x: a.get(x, len(a)))
+    if "class" in means:
+        means["_k"] = means["class"].map(lambda x: k.get(x, len(k)))
+    means = means.sort_values([c for c in ("_a", "generator", "_k") if c in means], kind="stable")
+    out = pd.DataFrame({key: means[key] for key in keys})
+    out["runs"] = means["runs"].astype(int)
+    for c, label in shown:
+        if c.startswith("n_"):
+            out[label] = [f"{v:.0f}" if np.isfinite(v) else "n/a" for v in means[c]]
+        else:
+            out[label] = [_num(v) for v in means[c]]
+    return out.reset_index(drop=True), extractors
+
+
+# ------------------------------------------------------------------ page
+def _figure(fig, report_dir: Path) -> str:
+    data = base64.b64encode(fig.png.read_bytes()).decode("ascii")
+    files = ", ".join(p.relative_to(report_dir).as_posix() for p in fig.paths
+                      if p.suffix in (".png", ".pdf"))
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(fig.title)}">'
+            f"<figcaption><b>{html.escape(fig.title)}.</b> {html.escape(fig.caption)} "
+            f"<span class=\"note\">({html.escape(files)})</span></figcaption></figure>")
+
+
+FIGURE_SECTIONS = [("confusion", "Confusion matrices"), ("curves", "ROC and precision-recall curves"),
+                   ("gan", "Generators: losses, samples and real images"),
+                   ("ablation", "Ablations")]
+
+
+def write_html(path: Path, *, title: str, head: list[str], data_line: str | None, note: str,
+               table: pd.DataFrame, sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str],
+               per_class: pd.DataFrame, failed: list[dict], fidelity: Path | None,
+               arms: list[str], classes: list[str], figures: list, report_dir: Path) -> Path:
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+             f"<h1>{html.escape(title)}</h1>", '<div class="head">']
+    parts += [f"<p>{_code(line)}</p>" for line in head]
+    if data_line:
+        parts.append(f"<p>{_code(data_line)}</p>")
+    parts += ["</div>", "<h2>Summary</h2>", f"<p>{_code(note)}</p>", table_html(table)]
+    if not sig.empty:
+        parts += ["<h2>Significance against <code>none</code></h2>"]
+        parts += significance_html(sig, mcn, metrics)
+    if not per_class.empty:
+        parts += ["<h2>Per-class recall (mean)</h2>", table_html(per_class)]
+    if fidelity is not None:
+        fid, extractors = fidelity_table(fidelity, arms, classes)
+        if not fid.empty:
+            parts += ["<h2>Fidelity of the synthetic images</h2>",
+                      f"<p class=\"note\">From {html.escape(fidelity.name)}: mean over the "
+                      "(seed, fold) runs per arm, generator and class. Synthetic images are "
+                      "compared with the real training images of their class; the real-vs-real "
+                      "columns compare real images only (see fidelity.json), what two real "
+                      "samples of the class give at this scale. Features: " + (html.escape(", ".join(extractors)) or "not stated")
+                      + ".</p>", table_html(fid)]
+    if failed:
+        parts += ["<h2>Failed cells</h2>", "<ul>"]
+        parts += [f"<li>{html.escape(str(f.get('cell')))}: {html.escape(str(f.get('reason')))}</li>"
+                  for f in failed]
+        parts.append("</ul>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for kind, heading in FIGURE_SECTIONS:
+            mine = [f for f in figures if f.kind == kind]
+            if mine:
+                parts.append(f"<h3>{html.escape(heading)}</h3>")
+                parts += [_figure(f, report_dir) for f in mine]
+    parts += ["</body>", "</html>", ""]
+    atomic_text(path, "\n".join(parts))
+    return path
