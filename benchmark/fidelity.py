@@ -487,8 +487,11 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
             counts = np.bincount(ds.labels.numpy()[fold.train], minlength=ds.num_classes).tolist()
             for arm in arms:
                 inj = arm.injection
-                wanted = injection.plan(inj.policy, counts, ds.classes, siir=inj.siir,
-                                        per_class=inj.per_class)
+                if arm.train_on == "synthetic":     # TSTR arms: every class, real counts
+                    wanted = list(counts)
+                else:
+                    wanted = injection.plan(inj.policy, counts, ds.classes, siir=inj.siir,
+                                            per_class=inj.per_class)
                 tasks.append((seed, f, arm, wanted))
     total = sum(sum(1 for n in w if n > 0) for *_, w in tasks)
     settings = {

@@ -37,7 +37,7 @@ def with_minority_recall(df: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, st
 
 
 def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Long table: arm, classifier, metric, mean, std, n (cells)."""
+    """Long table: arm, classifier, metric, mean, std, n (cells), ci95_low, ci95_high."""
     overall = df[(df["class"] == "") & (df["metric"].isin(metrics))]
     order = {m: i for i, m in enumerate(metrics)}
     arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
@@ -45,6 +45,12 @@ def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     g = overall.groupby(["arm", "classifier", "metric"])["value"]
     out = g.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                 n="count").reset_index()
+    # the 95% t-interval of each mean (summary.csv; NaN with one run)
+    from .stats import mean_ci
+    bounds = {k: mean_ci(v.to_numpy(dtype=float))[2:4] for k, v in g}
+    keys = list(zip(out["arm"], out["classifier"], out["metric"]))
+    out["ci95_low"] = [bounds[k][0] for k in keys]
+    out["ci95_high"] = [bounds[k][1] for k in keys]
     out["_a"] = out["arm"].map(arms.index)
     out["_c"] = out["classifier"].map(clfs.index)
     out["_m"] = out["metric"].map(order)
@@ -236,7 +242,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
                      f"{data['duplicates_summary']}.")
     splits = df.groupby(["seed", "fold"]).ngroups
     note = (f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
-            "test fold(s)." + (f" Minority recall: recall of `{minority}`, the "
+            "test fold(s); 95% confidence intervals of the means are in summary.csv." + (f" Minority recall: recall of `{minority}`, the "
                                "smallest class." if minority else ""))
     if "md" in formats:
         parts = [f"# {manifest.get('suite')}: results", "", *head, ""]

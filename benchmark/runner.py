@@ -225,12 +225,16 @@ class Engine:
             return x, y, synthetic, [0] * self.ds.num_classes
         counts = torch.bincount(y, minlength=self.ds.num_classes).tolist()
         inj = arm.injection
-        wanted = injection.plan(inj.policy, counts, self.ds.classes, siir=inj.siir,
-                                per_class=inj.per_class)
+        synthetic_only = arm.train_on == "synthetic"
+        if synthetic_only:            # TSTR: the real part's size and balance, all synthetic
+            wanted = list(counts)
+        else:
+            wanted = injection.plan(inj.policy, counts, self.ds.classes, siir=inj.siir,
+                                    per_class=inj.per_class)
         if sum(wanted) == 0:          # e.g. SIIR 0: no generator is fitted for nothing
             return x, y, synthetic, wanted
         gens = self._generators(arm, fold, seed, x, y, wanted)
-        xs, ys = [x], [y]
+        xs, ys = ([], []) if synthetic_only else ([x], [y])
         for c, n in enumerate(wanted):
             if n <= 0:
                 continue
@@ -247,7 +251,8 @@ class Engine:
             xs.append(imgs)
             ys.append(torch.full((n,), c, dtype=torch.int64))
         x_all, y_all = torch.cat(xs), torch.cat(ys)
-        synthetic = torch.cat([synthetic, torch.ones(len(y_all) - len(y), dtype=torch.bool)])
+        n_real = 0 if synthetic_only else len(y)
+        synthetic = torch.cat([synthetic[:n_real], torch.ones(len(y_all) - n_real, dtype=torch.bool)])
         return x_all, y_all, synthetic, wanted
 
     def _generators(self, arm: ArmConfig, fold: Fold, seed: int, x, y, wanted):

@@ -74,6 +74,15 @@ class ArmConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     injection: InjectionConfig = Field(default_factory=InjectionConfig)
     class_weights: bool = False
+    train_on: Literal["real+synthetic", "synthetic"] = Field(
+        "real+synthetic", description="synthetic: train on synthetic images only, as many per "
+                                      "class as the real training part has (TSTR)")
+
+    @model_validator(mode="after")
+    def _synthetic_needs_generator(self):
+        if self.train_on == "synthetic" and not self.generator:
+            raise ValueError(f"arm {self.name!r}: train_on: synthetic needs a generator")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -209,6 +218,10 @@ class Suite(Strict):
                     "own params win); profiles override them without repeating the arms")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device: str = "auto"
+    tstr: bool = Field(False, description="add, for each arm with a generator, an arm "
+                                          "<name>-tstr trained on its synthetic images only "
+                                          "(train on synthetic, test on real; seed 003, 4.5) and a "
+                                          "`none` arm (train on real, test on real) if missing")
     subject: SubjectConfig = Field(default_factory=SubjectConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
@@ -226,6 +239,19 @@ class Suite(Strict):
         if bad:
             raise ValueError(f"unknown metric {bad[0]!r}; allowed: {', '.join(METRICS)}")
         return v
+
+    @model_validator(mode="after")
+    def _add_tstr_arms(self):
+        if not self.tstr:
+            return self
+        extra = [ArmConfig(name=f"{a.name}-tstr", generator=a.generator, params=a.params,
+                           train_on="synthetic")
+                 for a in self.arms if a.generator and a.train_on != "synthetic"]
+        if not any(not a.generator and not a.class_weights for a in self.arms):
+            extra.insert(0, ArmConfig(name="none"))
+        names = {a.name for a in self.arms}
+        self.arms = self.arms + [a for a in extra if a.name not in names]
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):
