@@ -73,15 +73,10 @@ def _short(text: str, n: int = 14) -> str:
 # ------------------------------------------------------------------ predictions
 def pooled_predictions(store: ResultsStore, df: pd.DataFrame) -> dict:
     """(arm, classifier) -> list of (y_true, probs, threshold) over the cells whose
-    predictions are stored, in cell order (cell keys as report.mcnemar_table builds them)."""
-    cells = df.drop_duplicates(["arm", "classifier", "seed", "fold"]).sort_values("cell_order")
+    predictions are stored, in cell order."""
+    from .report import cell_predictions
     out: dict = {}
-    for row in cells.itertuples(index=False):
-        key = safe_name(f"{row.arm}__{row.classifier}__s{row.seed}__f{row.fold}")
-        try:
-            p = store.load_preds(key)
-        except FileNotFoundError:
-            continue
+    for row, p in cell_predictions(store, df):
         t = getattr(row, "threshold", np.nan)
         t = None if t is None or not np.isfinite(float(t)) else float(t)
         out.setdefault((row.arm, row.classifier), []).append((p["y_true"], p["probs"], t))

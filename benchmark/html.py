@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_text
-from .report import LABELS, _fmt, _p
+from .report import DIFF_CAPTION, MCNEMAR_CAPTION, _fmt, significance_tables
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -59,35 +59,19 @@ def table_html(t: pd.DataFrame) -> str:
 
 
 def significance_html(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
-    """The tables of report._significance_md, from the same DataFrames."""
-    n = int(sig["n_pairs"].max()) if len(sig) else 0
-    arms = sig.groupby("classifier")["arm"].nunique().max()
-    out = [f'<p class="note">Marks: paired Wilcoxon signed-rank test of each arm against '
-           f"<code>none</code> over the matched (seed, fold) runs ({n} pairs), Holm-corrected "
-           f"over the {arms} arm(s) compared: * p &lt; 0.05, ** p &lt; 0.01, *** p &lt; 0.001."
-           + (" With fewer than 6 pairs this test cannot reach p &lt; 0.05 whatever the data; "
-              "read the differences and McNemar's test below." if n < 6 else "") + "</p>",
-           "<p>Difference from <code>none</code> (mean over pairs; Holm-adjusted Wilcoxon p):</p>"]
-    cols = [m for m in metrics if m in set(sig["metric"])]
-    rows = []
-    for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
-        g = g.set_index("metric")
-        rows.append([arm, clf, int(g["n_pairs"].max())]
-                    + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
-    out.append(table_html(pd.DataFrame(
-        rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])))
-    if not mcn.empty:
-        t = pd.DataFrame({"arm": mcn["arm"], "classifier": mcn["classifier"],
-                          "runs pooled": mcn["n_cells"], "test images": mcn["n"],
-                          "only arm right": mcn["b"], "only none right": mcn["c"],
-                          "p": [_p(v) for v in mcn["p_value"]],
-                          "p (Holm)": [_p(v) + (" " + k if k else "")
-                                       for v, k in zip(mcn["p_adjusted"], mcn["mark"])]})
-        out += ["<p>McNemar's test against <code>none</code> on the test predictions pooled over "
-                "runs (exact binomial below 25 discordant images, else chi-square with "
-                "continuity correction; pooling seeds repeats each test image, so read these "
-                "p-values as screening numbers):</p>", table_html(t)]
+    """The tables of the Markdown report (report.significance_tables), as HTML."""
+    note, diff, mc = significance_tables(sig, mcn, metrics)
+    out = [f'<p class="note">{_inline(note)}</p>', f"<p>{_inline(DIFF_CAPTION)}</p>",
+           table_html(diff)]
+    if mc is not None:
+        out += [f"<p>{_inline(MCNEMAR_CAPTION)}</p>", table_html(mc)]
     return out
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown `code` spans as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 # ------------------------------------------------------------------ fidelity

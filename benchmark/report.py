@@ -97,19 +97,25 @@ def significance(df: pd.DataFrame, metrics: list[str], method: str = "wilcoxon")
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def cell_predictions(store: ResultsStore, df: pd.DataFrame):
+    """(row, predictions) for every cell of ``df`` whose test predictions are stored, in
+    cell order; ``row`` carries arm, classifier, seed, fold and threshold."""
+    cells = df.drop_duplicates(["arm", "classifier", "seed", "fold"]).sort_values("cell_order")
+    for row in cells.itertuples(index=False):
+        key = safe_name(f"{row.arm}__{row.classifier}__s{row.seed}__f{row.fold}")
+        try:
+            yield row, store.load_preds(key)
+        except FileNotFoundError:
+            continue
+
+
 def mcnemar_table(store: ResultsStore, df: pd.DataFrame) -> pd.DataFrame:
     """McNemar against `none` on the stored test predictions, pooled per arm."""
     from .stats import mcnemar_to_baseline
     if BASELINE not in set(df["arm"]):
         return pd.DataFrame()
-    cells = df.drop_duplicates(["arm", "classifier", "seed", "fold"]).sort_values("cell_order")
     preds: dict = {}
-    for row in cells.itertuples(index=False):
-        key = safe_name(f"{row.arm}__{row.classifier}__s{row.seed}__f{row.fold}")
-        try:
-            p = store.load_preds(key)
-        except FileNotFoundError:
-            continue
+    for row, p in cell_predictions(store, df):
         preds.setdefault((row.arm, row.classifier), []).append(
             (int(row.seed), int(row.fold), p["y_true"], p["probs"]))
     return mcnemar_to_baseline(preds, BASELINE) if preds else pd.DataFrame()
@@ -162,34 +168,46 @@ def latex_table(t: pd.DataFrame, caption: str) -> str:
         r"\end{tabular}", r"\end{table}", ""])
 
 
-def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
+def significance_tables(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]):
+    """What the report shows of the tests, for Markdown and HTML alike: the note on the
+    marks, the table of differences from `none` and McNemar's table (None without one)."""
     n = int(sig["n_pairs"].max()) if len(sig) else 0
     arms = sig.groupby("classifier")["arm"].nunique().max()
-    out = [f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
-           f"matched (seed, fold) runs ({n} pairs), Holm-corrected over the {arms} arm(s) "
-           "compared: * p < 0.05, ** p < 0.01, *** p < 0.001."
-           + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
-              "data; read the differences and McNemar's test below." if n < 6 else ""), "",
-           "Difference from `none` (mean over pairs; Holm-adjusted Wilcoxon p):", ""]
+    note = (f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
+            f"matched (seed, fold) runs ({n} pairs), Holm-corrected over the {arms} arm(s) "
+            "compared: * p < 0.05, ** p < 0.01, *** p < 0.001."
+            + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
+               "data; read the differences and McNemar's test below." if n < 6 else ""))
     cols = [m for m in metrics if m in set(sig["metric"])]
     rows = []
     for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
         g = g.set_index("metric")
         rows.append([arm, clf, int(g["n_pairs"].max())]
                     + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
-    t = pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
-    out += [md_table(t), ""]
+    diff = pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
+    mc = None
     if not mcn.empty:
-        m = mcn.copy()
-        t = pd.DataFrame({"arm": m["arm"], "classifier": m["classifier"], "runs pooled": m["n_cells"],
-                          "test images": m["n"], "only arm right": m["b"],
-                          "only none right": m["c"], "p": [_p(v) for v in m["p_value"]],
-                          "p (Holm)": [_p(v) + (" " + k if k else "")
-                                       for v, k in zip(m["p_adjusted"], m["mark"])]})
-        out += ["McNemar's test against `none` on the test predictions pooled over runs "
-                "(exact binomial below 25 discordant images, else chi-square with continuity "
-                "correction; pooling seeds repeats each test image, so read these p-values "
-                "as screening numbers):", "", md_table(t), ""]
+        mc = pd.DataFrame({"arm": mcn["arm"], "classifier": mcn["classifier"],
+                           "runs pooled": mcn["n_cells"], "test images": mcn["n"],
+                           "only arm right": mcn["b"], "only none right": mcn["c"],
+                           "p": [_p(v) for v in mcn["p_value"]],
+                           "p (Holm)": [_p(v) + (" " + k if k else "")
+                                        for v, k in zip(mcn["p_adjusted"], mcn["mark"])]})
+    return note, diff, mc
+
+
+DIFF_CAPTION = "Difference from `none` (mean over pairs; Holm-adjusted Wilcoxon p):"
+MCNEMAR_CAPTION = ("McNemar's test against `none` on the test predictions pooled over runs "
+                   "(exact binomial below 25 discordant images, else chi-square with continuity "
+                   "correction; pooling seeds repeats each test image, so read these p-values "
+                   "as screening numbers):")
+
+
+def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
+    note, diff, mc = significance_tables(sig, mcn, metrics)
+    out = [note, "", DIFF_CAPTION, "", md_table(diff), ""]
+    if mc is not None:
+        out += [MCNEMAR_CAPTION, "", md_table(mc), ""]
     return out
 
 
