@@ -211,6 +211,27 @@ def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -
     return out
 
 
+def _fidelity_md(results_dir: Path, df: pd.DataFrame, data: dict) -> list[str]:
+    """The image-quality table when `medbench fidelity` has written fidelity.csv."""
+    path = results_dir / "fidelity.csv"
+    if not path.is_file():
+        return []
+    from .html import fidelity_table
+    arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
+    table, extractors = fidelity_table(path, arms, list(data.get("classes") or []))
+    if table.empty:
+        return []
+    made_by = ""
+    meta = results_dir / "fidelity.json"
+    if meta.is_file():
+        command = json.loads(meta.read_text()).get("command")
+        made_by = f" Made by: `{command}`." if command else ""
+    return ["Image quality of the synthetic images (`medbench fidelity`; mean over runs): each "
+            "arm's images against the real training images of the class, and the real "
+            "training images against the real test images of the class (real vs real) for "
+            "scale. Extractor: " + "; ".join(extractors) + "." + made_by, "", md_table(table), ""]
+
+
 def header_lines(manifest: dict, results_dir: Path) -> list[str]:
     run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
     return [
@@ -272,6 +293,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         pc = per_class(df, "recall")
         if not pc.empty:
             parts += ["Per-class recall (mean):", "", md_table(pc), ""]
+        parts += _fidelity_md(results_dir, df, data)
         failed = store.failures()
         if failed:
             parts += ["Failed cells:", ""] + [f"- {f['cell']}: {f['reason']}" for f in failed] + [""]

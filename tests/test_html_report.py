@@ -95,6 +95,8 @@ def test_report_writes_figures_and_a_self_contained_page(reported):
     # fidelity: mean over the two folds, the extractor escaped
     assert "Fidelity" in page and "<td>15</td>" in page and "incept&lt;v3&gt;&amp;co" in page
     assert "incept<v3>" not in page
+    # and the same table in summary.md
+    assert "Image quality of the synthetic images" in md and "| lsgan | lsgan | covid | 2 |" in md
 
     first = _files(rep)
     r = CliRunner().invoke(cli, ["report", str(res), "--out", str(rep), "--format", FORMATS])
