@@ -83,6 +83,13 @@ def pooled_predictions(store: ResultsStore, df: pd.DataFrame) -> dict:
     return out
 
 
+def _per_classifier(preds: dict):
+    """(classifier, its arms in order, number of classes) for the pooled predictions."""
+    for clf in dict.fromkeys(c for _, c in preds):
+        arms = [a for a, c in preds if c == clf]
+        yield clf, arms, preds[(arms[0], clf)][0][1].shape[1]
+
+
 def _class_names(data: dict, k: int) -> list[str]:
     names = list(data.get("classes") or [])
     return names if len(names) == k else [str(i) for i in range(k)]
@@ -92,10 +99,7 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
     from .metrics import predict
     plt = _plt()
     figs = []
-    clfs = list(dict.fromkeys(c for _, c in preds))
-    for clf in clfs:
-        arms = [a for a, c in preds if c == clf]
-        k = preds[(arms[0], clf)][0][1].shape[1]
+    for clf, arms, k in _per_classifier(preds):
         names = [_short(n) for n in _class_names(data, k)]
         ncols = min(len(arms), 3)
         nrows = -(-len(arms) // ncols)
@@ -152,10 +156,7 @@ def curve_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
     plt = _plt()
     figs = []
-    clfs = list(dict.fromkeys(c for _, c in preds))
-    for clf in clfs:
-        arms = [a for a, c in preds if c == clf]
-        k = preds[(arms[0], clf)][0][1].shape[1]
+    for clf, arms, k in _per_classifier(preds):
         focus = _focus_class(data, k, [y for a in arms for y, _, _ in preds[(a, clf)]])
         name = _class_names(data, k)[focus]
         fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9.6, 4.2))
