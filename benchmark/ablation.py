@@ -149,7 +149,7 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
 def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results_root: Path,
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
-           echo=print) -> list[Path]:
+           echo=print, jobs: int = 1) -> list[Path]:
     from .runner import check_plugins, run_suite
     lv = levels(loaded, component, given, results_root)
     for level in lv:                       # every level's plugins before any work
@@ -163,7 +163,7 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
     for i, level in enumerate(lv, 1):
         echo(f"[level {i}/{len(lv)}] {level.label}")
         run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,
-                  device=device, command=command)
+                  device=device, command=command, jobs=jobs)
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)
 

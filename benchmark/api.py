@@ -105,11 +105,25 @@ class Optimizer:
 
 
 class Executor:
-    """Runs independent cells: calls ``fn(cell)`` for each and hands every result to
-    ``on_result(cell, result)`` in the calling process, in completion order."""
+    """Runs independent tasks (cells, or the generator fits that precede them): calls
+    ``fn(task)`` for each and hands every result to ``on_result(task, result)`` in the
+    calling process, in completion order, so all results flow into the one store.
+
+    ``fn`` never raises for a failing task (it returns the failure as its result); a
+    parallel executor must be able to pickle it and run it in another process or on
+    another machine. ``jobs`` is how many tasks may run at once, ``address`` a cluster to
+    join (executor-specific), ``gpus`` how many GPUs each task reserves. On
+    KeyboardInterrupt an executor stops its workers and lets the exception through.
+    """
 
     description = ""
+    parallel = False     # True: fn runs outside this process
 
-    def run(self, cells: Sequence[Any], fn: Callable[[Any], Any],
+    def __init__(self, jobs: int = 1, address: str | None = None, gpus: float = 0.0):
+        self.jobs = jobs
+        self.address = address
+        self.gpus = gpus
+
+    def run(self, tasks: Sequence[Any], fn: Callable[[Any], Any],
             on_result: Callable[[Any, Any], None]) -> None:  # pragma: no cover
         raise NotImplementedError

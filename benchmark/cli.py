@@ -87,14 +87,25 @@ def _default_out(loaded, profile) -> Path:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default results/<suite name>[-<profile>][-tuned-<name>]).")
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
-@click.option("--executor", default="local", show_default=True, help="Executor plugin.")
+@click.option("--executor", default="local", show_default=True,
+              help="Executor plugin: local, processes, ray.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells at once (processes or ray; --jobs N alone means processes).")
+@click.option("--address", default=None,
+              help="Ray cluster to join (ray executor; default: start a local Ray).")
+@click.option("--gpus", type=click.FloatRange(min=0), default=None,
+              help="GPUs each cell reserves (default: 1 on CUDA, else 0).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads per cell (default: the cores shared out over --jobs); "
+                   "the same seed and threads give the same numbers in every executor.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--use-tuned", "use_tuned", default=None, metavar="NAME|PATH",
               help="Train with the best parameters of `medbench tune`: an optimizer name "
                    "(its study in results/<suite>[-<profile>]/tune/) or a best.json path "
                    "(default: the suite's tuning.use).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(suite, out, profile, executor, device, use_tuned, quiet):
+def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use_tuned,
+        quiet):
     """Run a suite; finished cells are kept, so rerunning resumes."""
     from .report import summarize, wide, with_minority_recall
     from .runner import run_suite
@@ -116,7 +127,8 @@ def run(suite, out, profile, executor, device, use_tuned, quiet):
             out = base_out.with_name(f"{base_out.name}-tuned-{tag}")
     out = out or base_out
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
-                   command=_command_line(*args))
+                   command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
+                   threads=threads)
     if df.empty:
         click.echo("no cell finished; see the messages above")
         return
@@ -194,10 +206,13 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
                    "(default results/<suite name>[-<profile>]).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Table and figure folder (default reports/<results name>/ablate-<component>).")
-@click.option("--executor", default="local", show_default=True, help="Executor plugin.")
+@click.option("--executor", default="local", show_default=True,
+              help="Executor plugin: local, processes, ray.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells at once within each level (processes or ray).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def ablate(suite, component, levels, profile, out, report_dir, executor, device, quiet):
+def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, device, quiet):
     """One run per level of a component with everything else fixed; writes a table and
     a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
     from .ablation import ablate as run_ablation
@@ -211,7 +226,7 @@ def ablate(suite, component, levels, profile, out, report_dir, executor, device,
             *(("--profile", profile) if profile else ())]
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),
-                          echo=lambda m: click.echo(m, err=True)):
+                          echo=lambda m: click.echo(m, err=True), jobs=jobs):
         click.echo(f"wrote {p}")
 
 
@@ -298,6 +313,10 @@ def plugins():
     Console(width=max(120, Console().width)).print(t)
     for line in reg.failures:
         click.echo(f"skipped: {line}", err=True)
+
+
+from .cache_cli import cache as cache_group  # noqa: E402 - `medbench cache ls|prune`
+cli.add_command(cache_group)
 
 
 def _add_plugin_commands() -> None:

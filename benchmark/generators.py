@@ -1,25 +1,25 @@
 """Fitted generators on disk: the cache the engine consults before fitting, and the
 artifacts (loss log, loss curve, sample grids) a reader of the results looks at.
 
-A cache entry is keyed by everything that determines the fitted model: the dataset's
-content fingerprint, the fold's training indices, the class (or all classes for a
-conditional model), the image shape, the generator's name, package version and
-parameters, the seed, the medbench version, and the source code of the generator (its
-class's modules and the helper modules of the same package they use), so an edited
-plugin never reuses models fitted by its older self. An entry made under any other value of
-these is never used; an unreadable entry is refitted and overwritten. Only generators
-that can save a state (``state_dict`` / ``load_state_dict``) are cached; SMOTE and
-oversampling are cheaper to redo than to store.
+A cache entry (kind ``generators`` of ``medbench.cache.Cache``) is keyed by everything
+that determines the fitted model: the dataset's content fingerprint, the fold's training
+indices, the class (or all classes for a conditional model), the image shape, the
+generator's name, package version and parameters, the seed, the medbench version, and
+the source code of the generator (its class's modules and the helper modules of the
+same package they use, ``code_fingerprint``), so an edited plugin never reuses models
+fitted by its older self. An entry made under any other value of these is never used;
+a damaged or unreadable entry is refitted and overwritten. Only generators that can save
+a state (``state_dict`` / ``load_state_dict``) are cached; SMOTE and oversampling are
+cheaper to redo than to store (their drawn images may be, see ``SyntheticCache``). A
+divergence is cached too, and raised again instead of fitting the same model anew.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +27,22 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cache import Cache, code_fingerprint, content_key
 from .errors import GeneratorDiverged
 from .files import atomic_text, atomic_write
 from .store import safe_name
 
-__all__ = ["GeneratorCache", "GeneratorDiverged", "write_generator_artifacts"]
-
-
-def code_fingerprint(cls: type) -> str:
-    """Hash of the source of the modules that define ``cls`` and its bases, and of the
-    modules of the same package they take functions or classes from."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        mod = sys.modules.get(klass.__module__)
-        if mod is None or klass.__module__ == "builtins":
-            continue
-        names.add(mod.__name__)
-        package = (mod.__package__ or "").split(".")[0]
-        for value in vars(mod).values():
-            other = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
-            if isinstance(other, str) and package and other.split(".")[0] == package:
-                names.add(other)
-    h = hashlib.sha256()
-    for name in sorted(names):
-        mod = sys.modules.get(name)
-        try:
-            h.update(inspect.getsource(mod).encode())
-        except (OSError, TypeError):
-            h.update(name.encode())
-    return h.hexdigest()[:16]
+__all__ = ["GeneratorCache", "GeneratorDiverged", "code_fingerprint", "write_generator_artifacts"]
 
 
 class GeneratorCache:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    """Fitted generator states (and divergences) in a ``Cache`` (or a cache root)."""
+
+    kind = "generators"
+
+    def __init__(self, cache: Cache | Path):
+        self.cache = cache if isinstance(cache, Cache) else Cache(cache)
+        self._described: dict[str, tuple[dict, str]] = {}
 
     def key(self, info, params: dict, seed: int, fingerprint: str, train_index: np.ndarray,
             class_index: int | None, classes: list[str], shape: tuple) -> str:
@@ -72,10 +54,15 @@ class GeneratorCache:
                                     .tobytes()).hexdigest(),
             "class": class_index, "classes": list(classes), "shape": list(shape),
         }
-        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+        key = content_key(desc)
+        what = "all classes" if class_index is None else f"class {classes[class_index]!r}"
+        self._described[key] = (desc, f"{info.name} for {what}, seed {seed}, fitted on a "
+                                      f"fold of {len(train_index)} training images")
+        return key
 
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.pt"
+    def path(self, key: str) -> Path | None:
+        """The payload file of the entry, if there is one."""
+        return self.cache.path(self.kind, key)
 
     @staticmethod
     def cacheable(obj: Any) -> bool:
@@ -84,35 +71,36 @@ class GeneratorCache:
 
     def load(self, key: str, info, params: dict, device: str):
         """The cached generator, or None. A cached divergence is raised again."""
-        p = self.path(key)
-        if not p.is_file() or not self.cacheable(info.obj):
+        if not self.cacheable(info.obj):
             return None
+        entry = self.cache.load(self.kind, key, lambda p: torch.load(p, map_location="cpu",
+                                                                    weights_only=False))
+        if entry is None:
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            self.cache.remove(self.kind, key)     # not one of ours: refit and overwrite
+            return None
+        if "failed" in entry:
+            raise GeneratorDiverged(entry["failed"] + " (cached; delete "
+                                    f"{self.cache.sidecar(self.kind, key)} to refit)")
         try:
-            entry = torch.load(p, map_location="cpu", weights_only=False)
-            if entry.get("key") != key:
-                return None
-            if "failed" in entry:
-                raise GeneratorDiverged(entry["failed"] + " (cached; delete "
-                                        f"{p} to refit)")
             return info.obj(**params).load_state_dict(entry["state"], device=device)
-        except GeneratorDiverged:
-            raise
-        except Exception:  # noqa: BLE001 - a corrupt or stale entry is refitted
-            p.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - a stale entry (e.g. another shape) is refitted
+            self.cache.remove(self.kind, key)
             return None
 
     def save(self, key: str, generator) -> None:
         if self.cacheable(generator):
-            self._write(key, {"key": key, "state": generator.state_dict()})
+            self._write(key, {"key": key, "state": generator.state_dict()}, "")
 
     def save_failure(self, key: str, reason: str) -> None:
-        self._write(key, {"key": key, "failed": reason})
+        self._write(key, {"key": key, "failed": reason}, " (diverged)")
 
-    def _write(self, key: str, entry: dict) -> None:
-        try:
-            atomic_write(self.path(key), lambda t: torch.save(entry, t))
-        except OSError:
-            pass  # a cache that cannot be written costs time, never results
+    def _write(self, key: str, entry: dict, note: str) -> None:
+        desc, describe = self._described.get(key, ({}, "generator"))
+        # a cache that cannot be written costs time, never results (Cache.store warns)
+        self.cache.store(self.kind, key, lambda t: torch.save(entry, t), ".pt",
+                         describe + note, desc)
 
 
 def write_generator_artifacts(out: Path, generator_name: str, params: dict, key: str,

@@ -30,6 +30,8 @@ BUILTIN_MODULES = (
     "medbench.plugins.optimizers.random_search",
     "medbench.plugins.optimizers.optuna_study",
     "medbench.plugins.executors.local",
+    "medbench.plugins.executors.processes",
+    "medbench.plugins.executors.ray_executor",
 )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +22,10 @@ import torch
 
 from . import __version__, injection, metrics
 from .api import DatasetSpec
+from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
 from .data import ImageSet, conform, handle_duplicates
-from .errors import DataError, MedbenchError, PluginError
+from .errors import DataError, MedbenchError, PluginError, ResultsError
+from .execution import CellWork, Prefit, default_threads
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .registry import registry
 from .splits import Fold, make_folds
@@ -85,8 +91,7 @@ def check_plugins(loaded: LoadedSuite) -> None:
 
 
 def cache_dir() -> Path:
-    import os
-    return Path(os.environ.get("MEDBENCH_CACHE", Path.home() / ".cache" / "medbench"))
+    return cache_root()
 
 
 def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
@@ -190,7 +195,10 @@ class Engine:
         self.out = out
         self.reporter = reporter
         self.fingerprint = ds.fingerprint()
-        self.gen_cache = GeneratorCache(cache_dir() / "generators")
+        self.cache = Cache(cache_dir(), warn=(lambda m: reporter.log(f"warning: {m}"))
+                           if reporter else None)
+        self.gen_cache = GeneratorCache(self.cache)
+        self.synth_cache = SyntheticCache(self.cache)
         self._folds: dict[int, list[Fold]] = {}
         self._gen_fold: tuple | None = None
         self._gen_mem: dict[str, Any] = {}
@@ -233,33 +241,67 @@ class Engine:
                                     per_class=inj.per_class)
         if sum(wanted) == 0:          # e.g. SIIR 0: no generator is fitted for nothing
             return x, y, synthetic, wanted
-        gens = self._generators(arm, fold, seed, x, y, wanted)
+        info = registry().get("generators", arm.generator)
+        params = self.s.params_for(arm)
+        conditional = getattr(info.obj, "conditional", True)
+        # what a drawing depends on besides the generator's own key: for SMOTE, oversampling
+        # and augmentation (not cached as models) the engine code they draw through
+        code = "" if self.gen_cache.cacheable(info.obj) else code_version(info.obj)
         xs, ys = ([], []) if synthetic_only else ([x], [y])
         for c, n in enumerate(wanted):
             if n <= 0:
                 continue
-            g = gens if not isinstance(gens, dict) else gens[c]
-            try:
-                imgs = g.sample(c, n)
-            except (RuntimeError, ValueError) as exc:   # a plugin bug, not a user error
-                raise PluginError(f"generator {arm.generator!r} failed to sample class "
-                                  f"{self.ds.classes[c]!r}: {exc}") from None
-            if imgs.dtype != torch.uint8 or tuple(imgs.shape[1:]) != tuple(x.shape[1:]) or len(imgs) != n:
-                raise PluginError(f"generator {arm.generator!r} returned {tuple(imgs.shape)} "
-                                  f"{imgs.dtype}; expected ({n}, {', '.join(map(str, x.shape[1:]))}) uint8")
-            self._log_notes(g)
-            xs.append(imgs)
+            gkey = self.gen_cache.key(info, params, seed, self.fingerprint, fold.train,
+                                      None if conditional else c, self.ds.classes,
+                                      tuple(x.shape[1:]))
+            xs.append(self._draw(arm, fold, seed, x, y, c, n, gkey, code))
             ys.append(torch.full((n,), c, dtype=torch.int64))
+        if self.out is not None:      # a model drawn from before: its artifacts, if cached
+            try:
+                self._generators(arm, fold, seed, x, y, wanted, fit=False)
+            except MedbenchError:
+                pass
         x_all, y_all = torch.cat(xs), torch.cat(ys)
         n_real = 0 if synthetic_only else len(y)
         synthetic = torch.cat([synthetic[:n_real], torch.ones(len(y_all) - n_real, dtype=torch.bool)])
         return x_all, y_all, synthetic, wanted
 
-    def _generators(self, arm: ArmConfig, fold: Fold, seed: int, x, y, wanted):
+    def _draw(self, arm: ArmConfig, fold: Fold, seed: int, x, y, c: int, n: int,
+              gkey: str, code: str) -> torch.Tensor:
+        """n synthetic images of class c: from the synthetic cache, else drawn from the
+        generator (fitted, or loaded from the generator cache, only now) with every
+        global RNG fixed by the key, so a cached and a fresh draw are the same images,
+        and stored."""
+        desc = SyntheticCache.describe_key(gkey, c, n, code, arm.generator)
+        key = content_key(desc)
+        hit = self.synth_cache.load(key, tuple(x.shape[1:]))
+        if hit is not None and len(hit[0]) == n:
+            self._log_notes(hit[1])
+            return hit[0]
+        one = [n if i == c else 0 for i in range(self.ds.num_classes)]
+        gens = self._generators(arm, fold, seed, x, y, one)
+        g = gens[c] if isinstance(gens, dict) else gens
+        try:
+            with fixed_rng(key, self.device):
+                imgs = g.sample(c, n)
+        except (RuntimeError, ValueError) as exc:   # a plugin bug, not a user error
+            raise PluginError(f"generator {arm.generator!r} failed to sample class "
+                              f"{self.ds.classes[c]!r}: {exc}") from None
+        if imgs.dtype != torch.uint8 or tuple(imgs.shape[1:]) != tuple(x.shape[1:]) or len(imgs) != n:
+            raise PluginError(f"generator {arm.generator!r} returned {tuple(imgs.shape)} "
+                              f"{imgs.dtype}; expected ({n}, {', '.join(map(str, x.shape[1:]))}) uint8")
+        notes = [str(t) for t in getattr(g, "notes", []) or []]
+        self._log_notes(notes)
+        self.synth_cache.store(key, imgs, notes, f"{arm.generator}: {n} images of class "
+                               f"{self.ds.classes[c]!r}, seed {seed}, fold {fold.index}", desc)
+        return imgs
+
+    def _generators(self, arm: ArmConfig, fold: Fold, seed: int, x, y, wanted, fit: bool = True):
         """The fitted generator(s) an arm needs for this fold: one conditional model, or
         a dict class -> model. Fitted on the fold's real training images only, kept in
         memory while the fold lasts and on disk (see ``GeneratorCache``), so other
-        classifiers, SIIR values and reruns reuse them."""
+        classifiers, SIIR values and reruns reuse them. With ``fit=False`` only models in
+        memory or in the generator cache are returned (and their artifacts written)."""
         info = registry().get("generators", arm.generator)
         params = self.s.params_for(arm)
         if (seed, fold.index) != self._gen_fold:
@@ -271,22 +313,25 @@ class Engine:
             key = self.gen_cache.key(info, params, seed, self.fingerprint, fold.train, c,
                                      self.ds.classes, tuple(x.shape[1:]))
             if key not in self._gen_mem:
-                self._gen_mem[key] = self._fit_generator(info, params, key, arm, fold, seed,
-                                                         x, y, c)
+                g = self._fit_generator(info, params, key, arm, fold, seed, x, y, c, fit=fit)
+                if g is None:           # fit=False and not in the generator cache
+                    continue
+                self._gen_mem[key] = g
             g = self._gen_mem[key]
             if isinstance(g, MedbenchError):
                 raise type(g)(str(g))
             fitted[c] = g
-        return fitted[None] if conditional else fitted
+        return fitted.get(None) if conditional else fitted
 
     def _log_notes(self, g) -> None:
-        """Say once what a generator noted (a capped depth, a reduced k, a PCA space)."""
-        for note in getattr(g, "notes", []) or []:
+        """Say once what a generator (or a list of its notes) noted (a capped depth, a
+        reduced k, a PCA space)."""
+        for note in (g if isinstance(g, list) else getattr(g, "notes", []) or []):
             if self.reporter and note not in self._notes_seen:
                 self._notes_seen.add(note)
                 self.reporter.log(f"note: {note}")
 
-    def _fit_generator(self, info, params, key, arm, fold, seed, x, y, c):
+    def _fit_generator(self, info, params, key, arm, fold, seed, x, y, c, fit: bool = True):
         what = (f"{arm.generator} for "
                 + ("all classes" if c is None else f"class {self.ds.classes[c]!r}")
                 + f" (seed {seed}, fold {fold.index})")
@@ -295,14 +340,17 @@ class Engine:
             g = self.gen_cache.load(key, info, params, str(self.device))
             if g is not None:
                 source = "cache"
+            elif not fit:
+                return None
             else:
                 source = "fitted"
                 t0 = time.perf_counter()
                 if self.reporter:
                     self.reporter.log(f"fitting {what} on {len(ys)} real training images")
-                g = info.obj(**params).fit(
-                    xs, ys, classes=self.ds.classes, budget=None, device=str(self.device),
-                    seed=seed, progress=self.reporter.generator if self.reporter else None)
+                with fixed_rng(key, self.device):   # nothing depends on what ran before
+                    g = info.obj(**params).fit(
+                        xs, ys, classes=self.ds.classes, budget=None, device=str(self.device),
+                        seed=seed, progress=self.reporter.generator if self.reporter else None)
                 self.gen_cache.save(key, g)
                 if self.reporter:
                     self.reporter.log(f"fitted {what} in {time.perf_counter() - t0:.1f} s")
@@ -403,6 +451,10 @@ class Engine:
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
             "threshold": np.nan if t.threshold is None else t.threshold,
             "train_seconds": round(result.seconds, 3),
+            "train_images_per_second": round(result.images_per_second, 1),
+            "amp": result.amp, "compiled": result.compiled,
+            "peak_gpu_memory_mb": np.nan if result.peak_memory_bytes is None
+            else round(result.peak_memory_bytes / 2**20, 1),
             "classifier_plugin": f"{info.name} ({info.package} {info.version})",
             "generator_plugin": "" if gen_info is None else
             f"{gen_info.name} ({gen_info.package} {gen_info.version})",
@@ -435,11 +487,25 @@ class Trained:
 
 def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: str = "local",
               device: str | None = None, command: str | None = None,
-              echo: Callable[[str], None] | None = None) -> pd.DataFrame:
+              echo: Callable[[str], None] | None = None, jobs: int = 1,
+              address: str | None = None, gpus: float | None = None,
+              threads: int | None = None) -> pd.DataFrame:
+    """Run every cell of a suite not yet in ``out`` and return the consolidated results.
+
+    Cells go through the executor plugin (``local`` one by one here; ``processes`` and
+    ``ray`` in parallel workers); every finished cell is written to the store as soon as
+    it comes back, so a kill loses only cells in flight, and Ctrl-C stops after saving
+    what has finished. A cell that fails (NaN loss, plugin exception, generator
+    divergence) is recorded with its reason and the others go on."""
     check_plugins(loaded)
     s = loaded.suite
+    if jobs > 1 and executor == "local":
+        executor = "processes"
     exec_cls = registry().get("executors", executor).obj
     dev = pick_device(device or s.device)
+    if gpus is None:
+        gpus = 1.0 if dev.type == "cuda" else 0.0
+    threads = threads or default_threads(jobs if getattr(exec_cls, "parallel", False) else 1)
     store = ResultsStore(out)
     meta = {
         "suite": s.name, "suite_path": str(loaded.path), "profile": loaded.profile,
@@ -449,54 +515,118 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     }
     store.open(loaded.hash, meta)
     ds, data_report = load_dataset(loaded)
-    atomic_text(out / "data_report.json", json.dumps(data_report, indent=2, default=str))
+    _write_or_fail(out, lambda: atomic_text(out / "data_report.json",
+                                            json.dumps(data_report, indent=2, default=str)))
     cells = expand_cells(loaded, count_folds(loaded))
     done = store.done()
     todo = [c for c in cells if c.key not in done]
     reporter = Reporter(len(cells), quiet)
-    engine = Engine(loaded, ds, dev, out=out, reporter=reporter)
     if data_report["duplicates"]["groups"]:
         reporter.log(f"warning: {ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
     if done:
         reporter.log(f"resuming {out}: {len(cells) - len(todo)} of {len(cells)} cells already done")
     provenance = {"git_commit": meta["git_commit"], "medbench_version": __version__,
-                  "torch_version": torch.__version__, "device": str(dev)}
+                  "torch_version": torch.__version__, "device": str(dev), "threads": threads}
     n_done = len(cells) - len(todo)
     failures = 0
 
-    def work(cell: Cell):
-        reporter.cell_started(cell)
-        t0 = time.perf_counter()
-        try:
-            df, preds = engine.run_cell(cell, reporter)
-            return ("ok", df, preds, time.perf_counter() - t0)
-        except MedbenchError as exc:
-            if isinstance(exc, (PluginError,)):
-                raise
-            return ("failed", str(exc), None, time.perf_counter() - t0)
+    work = CellWork(loaded, str(dev), out, threads, quiet, ds.fingerprint())
+    runner = exec_cls(jobs=jobs, address=address, gpus=gpus)
+    if getattr(runner, "parallel", False):
+        work.dataset = ds
+        reporter.log(f"{executor}: {min(jobs, max(len(todo), 1))} worker(s), "
+                     f"{threads} torch thread(s) each")
+    else:
+        work.attach(Engine(loaded, ds, dev, out=out, reporter=reporter))
 
     def on_result(cell: Cell, result) -> None:
+        with sigint_deferred():        # Ctrl-C never cuts a cell's files in half
+            _save_result(cell, result)
+
+    def _save_result(cell: Cell, result) -> None:
         nonlocal n_done, failures
         status, payload, preds, secs = result
         n_done += 1
-        if status == "ok":
+        if status in ("ok", "cached"):
             for k, v in provenance.items():
                 payload[k] = v
-            store.save_cell(cell.key, payload, preds)
+            _write_or_fail(out, lambda: store.save_cell(cell.key, payload, preds),
+                           kept=n_done - 1)
             store.clear_failure(cell.key)
             acc = payload.loc[payload.metric == "accuracy", "value"]
             summary = f"accuracy={acc.iloc[0]:.4f} " if len(acc) else ""
-            reporter.cell_done(n_done, cell, f"{summary}({secs:.1f} s)")
+            how = "from the cell cache" if status == "cached" else f"{secs:.1f} s"
+            reporter.cell_done(n_done, cell, f"{summary}({how})")
         else:
             failures += 1
-            store.save_failure(cell.key, {"cell": cell.label(), "reason": payload})
+            info = {"cell": cell.label(), "reason": payload}
+            if preds:                  # the traceback of an unexpected exception
+                info["traceback"] = preds
+            _write_or_fail(out, lambda: store.save_failure(cell.key, info), kept=n_done - 1)
             reporter.cell_done(n_done, cell, f"FAILED: {payload}")
 
+    def on_prefit(task: Prefit, result) -> None:
+        if result[0] != "ok":          # the cells that need it will record the reason
+            reporter.log(f"{task.label()}: {result[1]}")
+
+    old_threads = torch.get_num_threads()
     try:
-        exec_cls().run(todo, work, on_result)
+        if not getattr(runner, "parallel", False):
+            torch.set_num_threads(threads)
+        prefits = prefit_tasks(loaded, todo)
+        if prefits and getattr(runner, "parallel", False):
+            reporter.log(f"fitting {len(prefits)} generator set(s) shared by several "
+                         "classifiers before their cells")
+            runner.run(prefits, work, on_prefit)
+        runner.run(todo, work, on_result)
+    except KeyboardInterrupt:
+        store.consolidate()            # the tables hold every cell that finished
+        raise
     finally:
+        torch.set_num_threads(old_threads)
         reporter.close()
-    df = store.consolidate()
+    df = _write_or_fail(out, store.consolidate, kept=n_done)
     if failures:
         reporter.log(f"warning: {failures} cell(s) failed; see {out / 'cells'}/*.failed.json")
     return df
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise
+    it (main thread only; elsewhere signals cannot be handled and this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:
+    """One generator fit per (seed, fold, arm) whose generator several pending cells
+    (one per classifier) share."""
+    gen_arms = {a.name for a in loaded.suite.arms if a.generator}
+    groups: dict[tuple, int] = {}
+    for c in todo:
+        if c.arm in gen_arms:
+            groups[(c.seed, c.fold, c.arm)] = groups.get((c.seed, c.fold, c.arm), 0) + 1
+    return [Prefit(seed, fold, arm) for (seed, fold, arm), n in groups.items() if n > 1]
+
+
+def _write_or_fail(out: Path, write: Callable[[], Any], kept: int | None = None):
+    """Run a write into the results folder; a full disk or a folder that became
+    unwritable is a clear error that says what is kept."""
+    try:
+        return write()
+    except OSError as exc:
+        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        kept_msg = "" if kept is None else f"; the {kept} finished cell(s) are kept"
+        raise ResultsError(f"cannot write results to {out}: {why}{kept_msg}; "
+                           "free space (or fix permissions) and rerun the same command to "
+                           "resume") from None

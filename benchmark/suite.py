@@ -129,9 +129,26 @@ class TrainingConfig(Strict):
     stages: list[StageConfig] | None = None
     normalize: Literal["auto", "imagenet", "half", "none"] = "auto"
     threshold: Literal["default", "f1"] = "default"
-    amp: bool = True
-    channels_last: bool = True
+    amp: bool | Literal["bf16", "fp16"] = Field(
+        True, description="mixed precision on CUDA: true (bf16 where the GPU has it, else fp16), "
+                          "false, bf16 or fp16 (fp16 with a gradient scaler); off on CPU")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager "
+                                             "with a warning where compiling fails)")
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution "
+                                                    "algorithms on CUDA (false: repeatable)")
     eval_batch_size: int = Field(512, ge=1)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v):
+        # Checked here rather than left to the union, whose error names a branch
+        # (`training.amp.bool`) instead of the field.
+        if isinstance(v, str) and v.strip().lower() in ("bf16", "fp16"):
+            return v.strip().lower()
+        if isinstance(v, bool):
+            return v
+        raise ValueError("must be true (bf16 where supported, else fp16), false, bf16 or fp16")
 
 
 class ClassifierConfig(Strict):
@@ -254,6 +271,20 @@ class Suite(Strict):
         return self
 
     @model_validator(mode="after")
+    def _classifier_training(self):
+        """A classifier's ``training`` overrides must make a valid training block."""
+        for c in self.classifiers:
+            if not c.training:
+                continue
+            try:
+                TrainingConfig.model_validate({**self.training.model_dump(), **c.training})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise ValueError(f"classifier {c.key!r}: training.{where}: {first['msg']}") from None
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self):
         for what, names in (("arm", [a.name for a in self.arms]),
                             ("classifier", [c.key for c in self.classifiers])):
@@ -328,11 +359,13 @@ def format_validation_error(path: Path, err: ValidationError, data: dict) -> str
             f"{path}: unknown field `{field}`"
     if e["type"] == "missing":
         return f"{path}: field `{field}` is required"
+    extra = f" ({len(err.errors()) - 1} more problem(s) after this one)" if len(err.errors()) > 1 else ""
+    if not loc:                  # a check of the whole suite: its message says where
+        return f"{path}: {msg}{extra}"
     value = _lookup(data, loc)
     shown = json.dumps(value, default=str)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    extra = f" ({len(err.errors()) - 1} more problem(s) after this one)" if len(err.errors()) > 1 else ""
     return f"{path}: field `{field}` = {shown}: {msg}{extra}"
 
 

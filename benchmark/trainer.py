@@ -3,8 +3,12 @@
 Data stays a uint8 tensor on the device; each batch is converted to float, normalised
 and augmented there, in batched tensor ops (no per-image Python). The checkpoint with
 the lowest validation loss is restored at the end; early stopping, LR schedules,
-freeze-then-fine-tune stages, class-weighted loss, AMP and channels_last (CUDA) are
-settings.
+freeze-then-fine-tune stages and class-weighted loss are settings.
+
+The GPU path (CUDA only; on a CPU or MPS device these settings change nothing, so CPU
+results do not depend on them): mixed precision (``amp``: bf16, or fp16 with a gradient
+scaler), channels_last memory format, cuDNN autotuning and TF32 matmuls. ``compile``
+(torch.compile) applies on any device and falls back to eager mode with a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,6 +75,12 @@ class TrainResult:
     epochs_run: int = 0
     seconds: float = 0.0
     images_seen: int = 0
+    # what the run used, for provenance and throughput reports
+    amp: str = "off"                      # "bf16", "fp16" or "off"
+    channels_last: bool = False
+    compiled: bool = False
+    peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated over fit (CUDA only)
+    images_per_second: float = 0.0        # images_seen / seconds (the whole fit, validation included)
 
 
 class Normalizer:
@@ -143,11 +154,33 @@ def _make_schedule(opt, cfg: TrainingConfig, epochs: int):
     return None
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+def amp_dtype(setting: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``training.amp`` on ``device``; None means full fp32.
+
+    Mixed precision is CUDA only: on CPU (and MPS) every setting means fp32, so a
+    suite gives the same numbers there whatever it says about AMP."""
+    if device.type != "cuda" or setting is False:
+        return None
+    if setting == "fp16":
+        return torch.float16
+    # natively only (Ampere and later): emulated bf16 is slower than fp16
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if setting == "bf16" and not native_bf16:
+        warnings.warn("training.amp: bf16 is not supported natively on this GPU; using fp16",
+                      stacklevel=3)
+    return torch.bfloat16 if native_bf16 else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is not None:
+        return torch.autocast(device.type, dtype=dtype)
     return torch.autocast(device.type, enabled=False)
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    """Whether an exception comes from torch.compile's machinery (dynamo tracing or the
+    inductor backend, e.g. no C++ compiler or Triton) rather than from the model."""
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator | None):
@@ -166,12 +199,51 @@ class Trainer:
         self.s = settings
         self.device = device
         self.norm = Normalizer(normalize, channels, device)
-        self.use_amp = settings.cfg.amp and device.type == "cuda"
+        self.amp_dtype = amp_dtype(settings.cfg.amp, device)
         self.channels_last = settings.cfg.channels_last and device.type == "cuda"
+        # (original module, its torch.compile wrapper) of the last fit; evaluate() runs a
+        # model passed to it through the wrapper, which shares its parameters
+        self._compiled: tuple[nn.Module, nn.Module] | None = None
+        if device.type == "cuda":
+            # global switches, set per trainer so every cell runs under its own settings
+            torch.backends.cudnn.benchmark = settings.cfg.cudnn_benchmark
+            torch.set_float32_matmul_precision("high")   # TF32 matmuls for fp32 work
+
+    @property
+    def use_amp(self) -> bool:
+        return self.amp_dtype is not None
 
     def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = self.norm(x_uint8.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _compile(self, model: nn.Module) -> None:
+        self._compiled = None
+        if not self.s.cfg.compile:
+            return
+        try:
+            self._compiled = (model, torch.compile(model))
+        except Exception as exc:  # any failure here means: train uncompiled
+            self._compile_failed(exc)
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"training.compile: torch.compile failed ({type(exc).__name__}: {first}); "
+                      "training without it", stacklevel=3)
+        self._compiled = None
+
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """model(x), through its compiled wrapper when fit compiled it. torch.compile
+        compiles lazily (on the first call and on recompiles after a mode or shape change),
+        so a compiler failure surfaces here: warn once and continue in eager mode."""
+        if self._compiled is not None and self._compiled[0] is model:
+            try:
+                return self._compiled[1](x)
+            except Exception as exc:
+                if not _is_compile_error(exc):
+                    raise
+                self._compile_failed(exc)
+        return model(x)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
@@ -180,8 +252,8 @@ class Trainer:
         model.eval()
         probs, total = [], 0.0
         for idx in batches(len(x), self.s.cfg.eval_batch_size, None):
-            with _autocast(self.device, self.use_amp):
-                logits = model(self._prep(x[idx])).float()
+            with _autocast(self.device, self.amp_dtype):
+                logits = self._forward(model, self._prep(x[idx])).float()
             if y is not None:
                 total += F.cross_entropy(logits, y[idx].to(self.device), weight=weight,
                                          reduction="sum").item()
@@ -198,6 +270,11 @@ class Trainer:
         model.to(dev)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        self._compile(model)
+        # fp16 needs loss scaling against gradient underflow; bf16 has fp32's range
+        scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         gen = torch.Generator().manual_seed(seed)
         x_train = x_train.to(dev)
         y_train = y_train.to(dev)
@@ -226,16 +303,27 @@ class Trainer:
                     xb = self._prep(x_train[idx])
                     if augmenting:
                         xb = augment_batch(xb, cfg.augment, gen)
-                    with _autocast(dev, self.use_amp):
-                        loss = F.cross_entropy(model(xb).float(), y_train[idx], weight=weight)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"training loss became {loss.item()} at epoch {epoch_no + 1} "
-                            f"(lr {opt.param_groups[0]['lr']:.2g}); lower training.lr")
+                    with _autocast(dev, self.amp_dtype):
+                        logits = self._forward(model, xb)
+                    loss = F.cross_entropy(logits.float(), y_train[idx], weight=weight)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    running += loss.item() * len(idx)
+                    if scaler is not None:
+                        # scaled backward; step() unscales and skips the update when the
+                        # gradients overflowed, and update() adapts the scale
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
+                    # the one host sync per step; ``loss`` is the unscaled loss, so a step
+                    # the scaler skipped for inf gradients is not mistaken for divergence
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise TrainingError(
+                            f"training loss became {loss_value} at epoch {epoch_no + 1} "
+                            f"(lr {opt.param_groups[0]['lr']:.2g}); lower training.lr")
+                    running += loss_value * len(idx)
                     seen += len(idx)
                 res.images_seen += seen
                 _, val_loss = self.evaluate(model, x_val, y_val, weight)
@@ -264,7 +352,15 @@ class Trainer:
         if best_state is not None:
             model.load_state_dict(best_state)
         res.epochs_run = epoch_no
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)   # the checkpoint copy is asynchronous: time it too
         res.seconds = time.perf_counter() - start
+        res.images_per_second = res.images_seen / res.seconds if res.seconds > 0 else 0.0
+        res.amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")
+        res.channels_last = self.channels_last
+        res.compiled = self._compiled is not None
+        if dev.type == "cuda":
+            res.peak_memory_bytes = int(torch.cuda.max_memory_allocated(dev))
         return res
 
 

@@ -42,3 +42,51 @@ def write_suite(tmp_path):
         p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
         return p
     return write
+
+
+# the executors' comparison runs the quick suite's smoke profile (10 arms, 1 fold), or the
+# whole suite with MEDBENCH_PERF_FULL=1 (about 7 minutes more on 2 cores)
+_EXEC_PROFILE = [] if os.environ.get("MEDBENCH_PERF_FULL") == "1" else ["--profile", "smoke"]
+QUICK_WAYS = {
+    # the whole quick suite as the README runs it
+    "local": [],
+    # one torch thread per cell, so that the executors' numbers can be compared exactly
+    "smoke-local": [*_EXEC_PROFILE, "--threads", "1"],
+    "smoke-processes": [*_EXEC_PROFILE, "--threads", "1", "--jobs", "2"],
+    "smoke-ray": [*_EXEC_PROFILE, "--threads", "1", "--executor", "ray", "--jobs", "2"],
+}
+
+
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory):
+    """The shipped quick suite, run at most once per session in each way of QUICK_WAYS,
+    each with its own cold cache (so their times can be compared). ``quick_runs(way)``
+    gives (results folder, seconds)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from medbench.cli import cli
+
+    done: dict[str, tuple[Path, float]] = {}
+
+    def get(way: str) -> tuple[Path, float]:
+        if way not in done:
+            root = tmp_path_factory.mktemp(f"quick-{way}")
+            old = os.environ.get("MEDBENCH_CACHE")
+            os.environ["MEDBENCH_CACHE"] = str(root / "cache")
+            try:
+                t0 = time.perf_counter()
+                r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / "quick.yaml"), "--out",
+                                             str(root / "out"), "-q", *QUICK_WAYS[way]])
+                seconds = time.perf_counter() - t0
+            finally:
+                if old is None:
+                    os.environ.pop("MEDBENCH_CACHE", None)
+                else:
+                    os.environ["MEDBENCH_CACHE"] = old
+            assert r.exit_code == 0, r.output
+            done[way] = (root / "out", seconds)
+        return done[way]
+
+    return get

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from medbench.api import DatasetLoader, DatasetSpec
+from medbench.cache import Cache
 from medbench.data import handle_duplicates
 from medbench.errors import DataError
 from medbench.plugins.datasets import _decode, folder, medmnist, phantom
@@ -512,8 +513,9 @@ def test_folder_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     root = kaggle_tree(tmp_path / "data")
     cache = tmp_path / "cache"
     first = Folder().load(spec("folder", root, size=24, channels=3, cache_dir=cache))
-    files = list(cache.glob("folder-*.pt"))
-    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    entries = Cache(cache).entries("datasets")
+    assert len(entries) == 1 and entries[0]["config"]["size"] == 24
+    assert not Cache(cache).leftovers() and not list(cache.rglob("*.tmp"))
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoder called on a cache hit")
@@ -537,10 +539,12 @@ def test_folder_damaged_cache_is_rebuilt(tmp_path):
     root = kaggle_tree(tmp_path / "data")
     cache = tmp_path / "cache"
     first = Folder().load(spec("folder", root, size=16, cache_dir=cache))
-    (path,) = cache.glob("folder-*.pt")
-    path.write_bytes(b"damaged")
+    (entry,) = Cache(cache).entries("datasets")
+    entry["path"].write_bytes(b"damaged")
     again = Folder().load(spec("folder", root, size=16, cache_dir=cache))
     assert torch.equal(again.images, first.images)
+    (rebuilt,) = Cache(cache).entries("datasets")       # decoded again and stored anew
+    assert rebuilt["key"] == entry["key"] and rebuilt["path"].stat().st_size > 100
 
 
 def test_folder_duplicates_across_splits_and_labels(tmp_path):

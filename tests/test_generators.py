@@ -401,15 +401,15 @@ def test_cache_key_follows_the_generator_source_code(monkeypatch):
     """An edited plugin (here: its loss helpers) must not reuse models fitted before."""
     import inspect
 
-    from medbench import generators
-    before = generators.code_fingerprint(dcgan.DCGAN)
+    from medbench import cache
+    before = cache.code_fingerprint(dcgan.DCGAN)
     real = inspect.getsource
 
     def edited(obj):
         text = real(obj)
         return text + "\n# edited\n" if obj.__name__.endswith("_losses") else text
 
-    monkeypatch.setattr(generators.inspect, "getsource", edited)
-    assert generators.code_fingerprint(dcgan.DCGAN) != before
-    monkeypatch.setattr(generators.inspect, "getsource", real)
-    assert generators.code_fingerprint(dcgan.DCGAN) == before
+    monkeypatch.setattr(cache.inspect, "getsource", edited)
+    assert cache.code_fingerprint(dcgan.DCGAN) != before
+    monkeypatch.setattr(cache.inspect, "getsource", real)
+    assert cache.code_fingerprint(dcgan.DCGAN) == before

@@ -12,13 +12,16 @@ from click.testing import CliRunner
 
 from medbench.cli import cli
 
-from conftest import ROOT, tiny_suite
+from conftest import tiny_suite
 
 METRIC_COLS = ["arm", "classifier", "seed", "fold", "metric", "class", "value"]
 
 
-def _run(suite_path, out, *extra):
-    r = CliRunner().invoke(cli, ["run", str(suite_path), "--out", str(out), "--quiet", *extra])
+def _run(suite_path, out, *extra, cache=None):
+    """``cache``: a cache folder of its own (a cold start), instead of the test's."""
+    env = {"MEDBENCH_CACHE": str(cache)} if cache else {}
+    r = CliRunner(env=env).invoke(cli, ["run", str(suite_path), "--out", str(out), "--quiet",
+                                        *extra])
     assert r.exit_code == 0, r.output
     return r
 
@@ -43,7 +46,7 @@ def test_run_writes_tidy_results_and_prints_summary(write_suite, tmp_path):
 def test_same_seed_same_numbers(write_suite, tmp_path):
     path = write_suite(tiny_suite())
     _run(path, tmp_path / "a")
-    _run(path, tmp_path / "b")
+    _run(path, tmp_path / "b", cache=tmp_path / "cold")    # computed again, not reused
     a = pd.read_parquet(tmp_path / "a" / "results.parquet")[METRIC_COLS]
     b = pd.read_parquet(tmp_path / "b" / "results.parquet")[METRIC_COLS]
     pd.testing.assert_frame_equal(a, b)
@@ -67,7 +70,7 @@ def test_sigkill_mid_suite_then_resume_equals_uninterrupted(write_suite, tmp_pat
     suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
                              {"name": "oversample", "generator": "oversample"}])
     path = write_suite(suite)
-    _run(path, tmp_path / "full")
+    _run(path, tmp_path / "full", cache=tmp_path / "cold")  # its cells are not reused below
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medbench", "run", str(path), "--out", str(out)],
@@ -139,10 +142,8 @@ def test_unwritable_output_is_a_clear_error(write_suite, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_suite_runs_offline_and_beats_chance(tmp_path):
-    out = tmp_path / "quick"
-    r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / "quick.yaml"), "--out", str(out), "-q"])
-    assert r.exit_code == 0, r.output
+def test_quick_suite_runs_offline_and_beats_chance(quick_runs):
+    out, _ = quick_runs("local")
     df = pd.read_parquet(out / "results.parquet")
     mean = df[df["class"] == ""].groupby(["metric", "arm"]).value.mean()
     # 3 classes, 6:2:1: a majority-class guess has balanced accuracy 1/3 and AUC 0.5

@@ -154,3 +154,12 @@ def test_covid_suites_smoke_on_a_radiography_layout(name, classes, tmp_path, mon
     assert sorted(set(df.arm)) == sorted(arms)
     n_syn = df[df.metric == "accuracy"].set_index("arm").n_synthetic
     assert n_syn["none"] == 0 and (n_syn.drop(["none", "class-weights"]) > 0).all()
+
+
+def test_bad_classifier_training_override_is_one_line_at_load(write_suite):
+    bad = tiny_suite(classifiers=[{"name": "smallcnn", "training": {"epochs": -3}}])
+    r = CliRunner().invoke(cli, ["validate", str(write_suite(bad))])
+    assert r.exit_code == 2
+    assert r.stderr.strip().endswith("classifier 'smallcnn': training.epochs: Input should be "
+                                     "greater than or equal to 0")
+    assert len(r.stderr.strip().splitlines()) == 1

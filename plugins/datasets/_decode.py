@@ -1,5 +1,5 @@
-"""Helpers shared by the built-in dataset loaders: option checks, image decoding,
-file hashing and atomic cache writes."""
+"""Helpers shared by the built-in dataset loaders: option checks, image decoding and
+file hashing. (Decoded sets are cached through ``medbench.cache``.)"""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medbench.errors import DataError
-from medbench.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RESIZE_METHODS = ("squash", "center-crop")
@@ -83,12 +81,6 @@ def file_digest(path: Path, algo: str = "md5", chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save straight into a temporary file beside ``path``, then rename (atomic);
-    no second in-memory copy of a large decoded dataset."""
-    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -23,8 +23,9 @@ a class left with no images is an error.
 
 ``sources`` are paths relative to ``dataset.path``; ``hashes`` are SHA-1 sums of the
 original file bytes, so byte-identical copies are found as duplicates. The decoded set
-is cached in ``cache_dir/folder-<key>.pt``; the key covers the root, every file's
-relative path, size and mtime, and all options that change the pixels or labels.
+is cached in the ``datasets`` kind of the medbench cache (``medbench.cache``); the key
+covers the root, every file's relative path, size and mtime, and all options that
+change the pixels or labels. A damaged entry is decoded again.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import numpy as np
 import torch
 
 from medbench.api import DatasetLoader, DatasetSpec
+from medbench.cache import Cache, content_key
 from medbench.data import ImageSet
 from medbench.errors import DataError
 from medbench.hookspecs import hookimpl
 
 from . import _decode
-from ._decode import (IMAGE_EXTENSIONS, RESIZE_METHODS, atomic_torch_save, check_options,
-                      check_spec, opt_bool, opt_choice, opt_int, opt_str_list)
+from ._decode import (IMAGE_EXTENSIONS, RESIZE_METHODS, check_options, check_spec, opt_bool,
+                      opt_choice, opt_int, opt_str_list)
 
 CACHE_VERSION = 1
 LAYOUTS = ("auto", "splits", "classes", "radiography")
@@ -189,12 +191,13 @@ class Folder(DatasetLoader):
         if ignored:
             notes.append(f"folder: ignored {ignored} non-image files in the class folders")
 
-        key = self._cache_key(top, root, layout, files, labels, spec, resize, jpeg_draft,
-                              want, cmap)
-        cache = None if spec.cache_dir is None else Path(spec.cache_dir) / f"folder-{key}.pt"
+        desc = self._cache_desc(top, root, layout, files, labels, spec, resize, jpeg_draft,
+                                want, cmap)
+        key = content_key(desc)
+        cache = None if spec.cache_dir is None else Cache(spec.cache_dir, warn=lambda m: None)
         name = f"folder:{top.name}"
-        if cache is not None and cache.is_file():
-            ds = self._read_cache(cache, name)
+        if cache is not None:
+            ds = cache.load("datasets", key, lambda p: self._read_cache(p, name))
             if ds is not None:
                 return ds
 
@@ -221,7 +224,10 @@ class Folder(DatasetLoader):
             sources=[f.rel for f in files], hashes=hashes, name=name, notes=notes,
         )
         if cache is not None:
-            self._write_cache(cache, ds)
+            size = f"{spec.image_size} px, {spec.channels} channel(s)"
+            if not cache.store("datasets", key, lambda p: self._write_cache(p, ds), ".pt",
+                               f"folder {root}: {len(ds)} images, {size}", desc):
+                ds.notes.append(f"folder: could not write the decode cache in {spec.cache_dir}")
         return ds
 
     # ------------------------------------------------------------------ scanning
@@ -359,39 +365,35 @@ class Folder(DatasetLoader):
     # ------------------------------------------------------------------ cache
 
     @staticmethod
-    def _cache_key(top, root, layout, files, labels, spec, resize, jpeg_draft, want, cmap) -> str:
+    def _cache_desc(top, root, layout, files, labels, spec, resize, jpeg_draft, want,
+                    cmap) -> dict:
+        """What the decoded set depends on; the file list enters as a digest of every
+        file's relative path, size, mtime, split and label."""
         h = hashlib.sha256()
-        head = {"v": CACHE_VERSION, "top": str(top.resolve()), "root": str(root.resolve()),
-                "layout": layout, "size": spec.image_size, "channels": spec.channels,
-                "resize": resize, "jpeg_draft": jpeg_draft, "classes": want,
-                "class_map": sorted(cmap.items())}
-        h.update(json.dumps(head, sort_keys=True).encode())
         for f, label in zip(files, labels):
             h.update(json.dumps([f.rel, f.size, f.mtime_ns, f.split, label]).encode())
-        return h.hexdigest()[:24]
+        return {"loader": "folder", "v": CACHE_VERSION, "top": str(top.resolve()),
+                "root": str(root.resolve()), "layout": layout, "size": spec.image_size,
+                "channels": spec.channels, "resize": resize, "jpeg_draft": jpeg_draft,
+                "classes": want, "class_map": sorted(cmap.items()), "files": len(files),
+                "files_digest": h.hexdigest()}
 
     @staticmethod
-    def _read_cache(cache: Path, name: str) -> ImageSet | None:
-        try:
-            blob = torch.load(cache, weights_only=True)
-            if blob.get("version") != CACHE_VERSION:
-                return None
-            return ImageSet(images=blob["images"], labels=blob["labels"],
-                            classes=list(blob["classes"]), splits=blob["splits"],
-                            sources=blob["sources"], hashes=blob["hashes"], name=name,
-                            notes=list(blob["notes"]))
-        except Exception:                              # damaged or foreign cache: decode again
-            return None
+    def _read_cache(path: Path, name: str) -> ImageSet:
+        blob = torch.load(path, weights_only=True)
+        if blob.get("version") != CACHE_VERSION:
+            raise ValueError(f"decode cache version {blob.get('version')!r}")
+        return ImageSet(images=blob["images"], labels=blob["labels"],
+                        classes=list(blob["classes"]), splits=blob["splits"],
+                        sources=blob["sources"], hashes=blob["hashes"], name=name,
+                        notes=list(blob["notes"]))
 
     @staticmethod
-    def _write_cache(cache: Path, ds: ImageSet) -> None:
+    def _write_cache(path: Path, ds: ImageSet) -> None:
         blob = {"version": CACHE_VERSION, "images": ds.images, "labels": ds.labels,
                 "classes": ds.classes, "splits": ds.splits, "sources": ds.sources,
                 "hashes": ds.hashes, "notes": ds.notes}
-        try:
-            atomic_torch_save(blob, cache)
-        except OSError as exc:
-            ds.notes.append(f"folder: could not write the decode cache {cache} ({exc.strerror or exc})")
+        torch.save(blob, path)
 
 
 @hookimpl

@@ -1,0 +1,78 @@
+"""``--executor ray``: cells run as Ray tasks, on the cluster at ``--address`` (medbench
+installed on its nodes, the same version) or on a local Ray instance started for the
+run with ``--jobs`` workers.
+
+Each task reserves as many CPUs as the torch threads it uses and, when asked (``--gpus``
+or a CUDA device), GPUs; Ray places them. The dataset the driver decoded goes to the
+object store once, so nodes need no copy of MEDBENCH_DATA. Results come back to the
+driver, which writes the one results store; a cell whose task dies is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from medbench.api import Executor
+from medbench.errors import PluginError
+from medbench.execution import failure
+from medbench.hookspecs import hookimpl
+
+
+def _task(fn, task, dataset):
+    return fn(task, dataset=dataset)
+
+
+class RayExecutor(Executor):
+    description = "run cells as Ray tasks (a local Ray, or a cluster with --address)"
+    parallel = True
+
+    def run(self, tasks, fn, on_result):
+        if not tasks:
+            return
+        try:
+            import ray
+        except ImportError:
+            raise PluginError("the ray executor needs Ray: pip install 'ray>=2.9'") from None
+        threads = max(1, int(getattr(fn, "threads", 1)))
+        started = not ray.is_initialized()
+        if started:
+            opts = {"include_dashboard": False, "logging_level": logging.ERROR,
+                    "log_to_driver": not getattr(fn, "quiet", False)}
+            try:
+                if self.address:
+                    ray.init(address=self.address, **opts)
+                else:
+                    ray.init(num_cpus=self.jobs * threads,
+                             num_gpus=None if self.gpus else 0, **opts)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                raise PluginError(f"cannot start or join {where}: {exc}") from None
+        remote = ray.remote(_task).options(num_cpus=threads, num_gpus=self.gpus,
+                                           max_retries=0)
+        pending = {}
+        try:
+            fn_ref = ray.put(fn)
+            data_ref = ray.put(getattr(fn, "dataset", None))
+            pending = {remote.remote(fn_ref, t, data_ref): t for t in tasks}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    task = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as exc:   # the worker died
+                        text = str(exc).strip().splitlines()
+                        result = failure(f"its Ray task failed: {text[0] if text else type(exc).__name__}")
+                    on_result(task, result)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started:
+                ray.shutdown()
+
+
+@hookimpl
+def register_executors(register):
+    register("ray", RayExecutor)

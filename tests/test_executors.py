@@ -1,0 +1,189 @@
+"""Executors (local, processes, ray) and fault tolerance: same numbers everywhere, a
+failing cell does not stop the suite, Ctrl-C keeps what finished, a full disk is a
+clear error."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from medbench.cli import cli
+from medbench.errors import TrainingError
+from medbench.runner import Engine, ResultsStore
+
+from conftest import tiny_suite
+
+METRIC_COLS = ["arm", "classifier", "seed", "fold", "metric", "class", "value"]
+
+
+def _suite_two_classifiers():
+    """A GAN arm shared by two classifiers: the parallel executors fit its generator
+    once per fold before the cells (and cells load it from the cache)."""
+    return tiny_suite(
+        arms=[{"name": "none"}, {"name": "oversample", "generator": "oversample"},
+              {"name": "dcgan", "generator": "dcgan"}],
+        generator_params={"dcgan": {"epochs": 2, "width": 16, "batch_size": 16,
+                                    "collapse_check": False}},
+        classifiers=[{"name": "smallcnn"}, {"name": "smallcnn", "label": "smallcnn-d",
+                                            "dropout": 0.3}],
+        protocol={"kind": "kfold", "folds": 3, "seeds": [0], "max_folds": 2})
+
+
+def _run(path, out, *extra, cache=None):
+    env = {"MEDBENCH_CACHE": str(cache)} if cache else {}
+    r = CliRunner(env=env).invoke(cli, ["run", str(path), "--out", str(out), "--quiet", *extra])
+    assert r.exit_code == 0, r.output
+    return pd.read_parquet(out / "results.parquet")
+
+
+def test_processes_executor_gives_the_same_numbers_as_local(write_suite, tmp_path):
+    path = write_suite(_suite_two_classifiers())
+    a = _run(path, tmp_path / "local", "--threads", "1", cache=tmp_path / "c1")
+    b = _run(path, tmp_path / "procs", "--jobs", "2", "--threads", "1", cache=tmp_path / "c2")
+    assert len(a) and set(b.threads) == {1}
+    pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
+    # the DCGAN of each fold was fitted once (by the prefit task) and cached
+    assert len(list((tmp_path / "c2").rglob("*.pt"))) >= 2
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_the_quick_suite_with_the_same_table_as_local(quick_runs):
+    """The quick suite (its smoke profile: all 10 arms, 5 GANs included, one fold) through
+    a local Ray instance, against the same suite run in this process."""
+    pytest.importorskip("ray")
+    local, _ = quick_runs("smoke-local")
+    ray_out, _ = quick_runs("smoke-ray")
+    a = pd.read_parquet(local / "results.parquet")
+    b = pd.read_parquet(ray_out / "results.parquet")
+    assert len(a) > 0 and not list((ray_out / "cells").glob("*.failed.json"))
+    pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
+    # and the summary table that `medbench report` writes is the same
+    for out in (local, ray_out):
+        r = CliRunner().invoke(cli, ["report", str(out), "--out", str(out / "rep"),
+                                     "--format", "csv"])
+        assert r.exit_code == 0, r.output
+    ta = pd.read_csv(local / "rep" / "summary.csv", comment="#")
+    tb = pd.read_csv(ray_out / "rep" / "summary.csv", comment="#")
+    pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_unknown_executor_is_a_clear_error(write_suite, tmp_path):
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out",
+                                 str(tmp_path / "o"), "--executor", "slurm"])
+    assert r.exit_code == 2 and "unknown executor plugin 'slurm'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom in a plugin"),
+                                 TrainingError("training loss became nan at epoch 1")])
+def test_a_failing_cell_is_recorded_and_the_suite_goes_on(write_suite, tmp_path, monkeypatch,
+                                                          exc):
+    real = Engine.run_cell
+
+    def flaky(self, cell, reporter=None):
+        if cell.arm == "oversample" and cell.fold == 1:
+            raise exc
+        return real(self, cell, reporter)
+
+    monkeypatch.setattr(Engine, "run_cell", flaky)
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 cell(s) failed" in r.stderr
+    failed = list((out / "cells").glob("*.failed.json"))
+    assert len(failed) == 1
+    info = json.loads(failed[0].read_text())
+    assert str(exc) in info["reason"] and "fold=1" in info["cell"]
+    if isinstance(exc, RuntimeError):        # an unexpected exception keeps its traceback
+        assert info["reason"].startswith("RuntimeError") and "flaky" in info["traceback"]
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df[df.metric == "accuracy"]) == 5
+    # a rerun retries only the failed cell, which now succeeds and clears its record
+    monkeypatch.setattr(Engine, "run_cell", real)
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out", str(out)])
+    assert r.exit_code == 0 and "5 of 6 cells already done" in r.stderr
+    assert not list((out / "cells").glob("*.failed.json"))
+
+
+def test_full_disk_is_a_clear_error_and_keeps_finished_cells(write_suite, tmp_path,
+                                                             monkeypatch):
+    real = ResultsStore.save_cell
+    calls = []
+
+    def save(self, key, rows, preds):
+        calls.append(key)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, rows, preds)
+
+    monkeypatch.setattr(ResultsStore, "save_cell", save)
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out", str(out)])
+    assert r.exit_code == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write results") and "disk is full" in last
+    assert "2 finished cell(s) are kept" in last and "Traceback" not in r.stderr
+    assert len(list((out / "cells").glob("*.parquet"))) == 2
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigint_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs):
+    suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
+                             {"name": "oversample", "generator": "oversample"}])
+    path = write_suite(suite)
+    out = tmp_path / "res"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "medbench", "run", str(path), "--out", str(out),
+           "--threads", "1", *(("--jobs", str(jobs)) if jobs > 1 else ())]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "] done " in line and sum("] done " in x for x in lines) == 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted: finished cells" in rest and "Traceback" not in rest
+    finished = len(list((out / "cells").glob("*.parquet")))
+    assert 2 <= finished < 9
+    # what finished is consolidated and nothing half-written is left
+    assert len(pd.read_parquet(out / "results.parquet").query("metric == 'accuracy'")) == finished
+    assert not list(out.rglob("*.tmp"))
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--threads", "1"])
+    assert r.exit_code == 0 and f"{finished} of 9 cells already done" in r.stderr
+
+
+def test_cell_cache_serves_the_same_cells_to_another_results_folder(write_suite, tmp_path):
+    path = write_suite(tiny_suite())
+    a = _run(path, tmp_path / "a")
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0 and r.stderr.count("(from the cell cache)") == 6
+    b = pd.read_parquet(tmp_path / "b" / "results.parquet")
+    pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
+    # another classifier setting is another cell: nothing reused, the none arm retrained
+    changed = tiny_suite(classifiers=[{"name": "smallcnn", "dropout": 0.25}])
+    r = CliRunner().invoke(cli, ["run", str(write_suite(changed, "c.yaml")), "--out",
+                                 str(tmp_path / "c")])
+    assert r.exit_code == 0 and "(from the cell cache)" not in r.stderr
+    # corrupt entries are detected, and those cells computed again, to the same numbers
+    entries = sorted((Path(os.environ["MEDBENCH_CACHE"]) / "cells").rglob("*.npz"))
+    assert len(entries) == 12                 # 6 cells of each suite
+    for f in entries:
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0 and "(from the cell cache)" not in r.stderr
+    d = pd.read_parquet(tmp_path / "d" / "results.parquet")
+    pd.testing.assert_frame_equal(a[METRIC_COLS], d[METRIC_COLS])
