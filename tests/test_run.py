@@ -143,7 +143,7 @@ def test_unwritable_output_is_a_clear_error(write_suite, tmp_path):
 
 @pytest.mark.slow
 def test_quick_suite_runs_offline_and_beats_chance(quick_runs):
-    out, _ = quick_runs("local")
+    out, _ = quick_runs("full")
     df = pd.read_parquet(out / "results.parquet")
     mean = df[df["class"] == ""].groupby(["metric", "arm"]).value.mean()
     # 3 classes, 6:2:1: a majority-class guess has balanced accuracy 1/3 and AUC 0.5

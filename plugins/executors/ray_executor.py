@@ -11,6 +11,7 @@ driver, which writes the one results store; a cell whose task dies is recorded a
 from __future__ import annotations
 
 import logging
+import socket
 
 from medbench.api import Executor
 from medbench.errors import PluginError
@@ -20,6 +21,21 @@ from medbench.hookspecs import hookimpl
 
 def _task(fn, task, dataset):
     return fn(task, dataset=dataset)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when HOST:PORT does not
+    answer (``auto`` and ``ray://`` addresses are left to Ray)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"cannot reach the Ray cluster at {address}: "
+                          f"{getattr(exc, 'strerror', None) or exc}; start it with "
+                          "`ray start --head` or check --address") from None
 
 
 class RayExecutor(Executor):
@@ -38,6 +54,8 @@ class RayExecutor(Executor):
         if started:
             opts = {"include_dashboard": False, "logging_level": logging.ERROR,
                     "log_to_driver": not getattr(fn, "quiet", False)}
+            if self.address:
+                _check_reachable(self.address)
             try:
                 if self.address:
                     ray.init(address=self.address, **opts)
@@ -46,7 +64,10 @@ class RayExecutor(Executor):
                              num_gpus=None if self.gpus else 0, **opts)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
-                raise PluginError(f"cannot start or join {where}: {exc}") from None
+                hint = ("; a cluster started with token authentication (Ray's default) "
+                        "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN) here" if self.address else "")
+                raise PluginError(f"cannot start or join {where}: {exc}{hint}") from None
         remote = ray.remote(_task).options(num_cpus=threads, num_gpus=self.gpus,
                                            max_retries=0)
         pending = {}

@@ -2,7 +2,8 @@
 quick suite (10 arms incl. five GANs; a cold cache per run; see ``quick_runs`` in
 tests/conftest.py):
 
-- a rerun of the finished suite (3 folds) against its first run (target: under 3%);
+- a rerun of the finished suite (3 folds, ``--jobs 2``) against its first run (target:
+  under 3%);
 - on its smoke profile (1 fold, 2 epochs; the whole suite with MEDBENCH_PERF_FULL=1),
   one torch thread per cell: ``--jobs 2`` (processes) against ``--jobs 1``, and the Ray
   executor against the processes executor at the same ``--jobs`` (what Ray itself
@@ -31,12 +32,12 @@ METRIC_COLS = ["arm", "classifier", "seed", "fold", "metric", "class", "value"]
 
 
 def test_rerun_of_a_finished_quick_suite_costs_under_3_percent(quick_runs, monkeypatch):
-    out, first = quick_runs("local")
+    out, first = quick_runs("full")
     monkeypatch.setenv("MEDBENCH_CACHE", str(out.parent / "cache"))
     before = pd.read_parquet(out / "results.parquet")
     t0 = time.perf_counter()
     r = CliRunner().invoke(cli, ["run", str(ROOT / "suites" / "quick.yaml"), "--out", str(out),
-                                 "-q"])
+                                 "-q", "--jobs", "2"])
     rerun = time.perf_counter() - t0
     assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "results.parquet"))
