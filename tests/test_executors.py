@@ -187,3 +187,17 @@ def test_cell_cache_serves_the_same_cells_to_another_results_folder(write_suite,
     assert r.exit_code == 0 and "(from the cell cache)" not in r.stderr
     d = pd.read_parquet(tmp_path / "d" / "results.parquet")
     pd.testing.assert_frame_equal(a[METRIC_COLS], d[METRIC_COLS])
+
+
+def test_unreachable_ray_cluster_is_a_clear_error_within_seconds(write_suite, tmp_path):
+    import socket
+    with socket.socket() as s:                 # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out",
+                                 str(tmp_path / "o"), "--executor", "ray", "--address",
+                                 f"127.0.0.1:{port}"])
+    assert r.exit_code == 2, r.output
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert "Traceback" not in r.stderr
