@@ -201,3 +201,53 @@ def test_unreachable_ray_cluster_is_a_clear_error_within_seconds(write_suite, tm
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert "Traceback" not in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigkill_of_a_parallel_run_leaves_no_worker_and_resumes_to_the_same_numbers(
+        write_suite, tmp_path):
+    import time
+    suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
+                             {"name": "oversample", "generator": "oversample"}])
+    path = write_suite(suite)
+    full = _run(path, tmp_path / "full", "--threads", "1", cache=tmp_path / "cold")
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "run", str(path), "--out", str(out),
+                             "--jobs", "2", "--threads", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    done = 0
+    for line in proc.stderr:
+        done += "] done " in line
+        if done == 3:
+            workers = [k for k in _children(proc.pid)
+                       if "multiprocessing" in Path(f"/proc/{k}/cmdline").read_text()]
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and workers
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and " Z " not in Path(f"/proc/{w}/stat").read_text()]
+    assert not alive, f"workers outlived the killed driver: {alive}"
+    finished = len(list((out / "cells").glob("*.parquet")))
+    assert 3 <= finished < 9
+    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--jobs", "2",
+                                 "--threads", "1"])
+    assert r.exit_code == 0 and f"{finished} of 9 cells already done" in r.stderr
+    pd.testing.assert_frame_equal(full[METRIC_COLS],
+                                  pd.read_parquet(out / "results.parquet")[METRIC_COLS])

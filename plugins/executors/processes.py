@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
@@ -20,7 +21,23 @@ from medbench.execution import failure
 from medbench.hookspecs import hookimpl
 
 
-def _init_worker(slots, gpus: int) -> None:
+def _die_with_parent(driver: int) -> None:
+    """On Linux, have the kernel kill this worker when the driver dies (even by SIGKILL),
+    so a killed run leaves no orphan still training a cell nobody will save."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)        # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != driver:                # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(slots, gpus: int, driver: int) -> None:
+    _die_with_parent(driver)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     slot = slots.get()
     if gpus:                         # one GPU per worker, round robin over the visible ones
@@ -58,7 +75,7 @@ class ProcessExecutor(Executor):
             import torch
             gpus = torch.cuda.device_count()
         pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(slots, gpus))
+                                   initargs=(slots, gpus, os.getpid()))
         try:
             pending = {pool.submit(fn, t): t for t in tasks}
             while pending:
