@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import json
 import platform
 import signal
@@ -24,12 +23,11 @@ from . import __version__, injection, metrics
 from .api import DatasetSpec
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
 from .data import ImageSet, conform, handle_duplicates
-from .errors import DataError, MedbenchError, PluginError, ResultsError
+from .errors import DataError, MedbenchError, PluginError
 from .execution import CellWork, Prefit, default_threads
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .registry import registry
 from .splits import Fold, make_folds
-from .files import atomic_text
 from .store import ResultsStore, safe_name
 from .suite import ArmConfig, ClassifierConfig, LoadedSuite, resolve_data_path
 from .trainer import Settings, Trainer, class_weight_vector, pick_device
@@ -90,16 +88,12 @@ def check_plugins(loaded: LoadedSuite) -> None:
                 check(s.dataset.image_size, s.dataset.channels)
 
 
-def cache_dir() -> Path:
-    return cache_root()
-
-
 def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     s = loaded.suite
     d = s.dataset
     loader = registry().get("datasets", d.loader).obj()
     spec = DatasetSpec(loader=d.loader, path=resolve_data_path(loaded), image_size=d.image_size,
-                       channels=d.channels, options=dict(d.options), cache_dir=cache_dir())
+                       channels=d.channels, options=dict(d.options), cache_dir=cache_root())
     ds = loader.load(spec)
     ds = conform(ds, d.image_size, d.channels)
     if len(ds) == 0:
@@ -195,7 +189,7 @@ class Engine:
         self.out = out
         self.reporter = reporter
         self.fingerprint = ds.fingerprint()
-        self.cache = Cache(cache_dir(), warn=(lambda m: reporter.log(f"warning: {m}"))
+        self.cache = Cache(cache_root(), warn=(lambda m: reporter.log(f"warning: {m}"))
                            if reporter else None)
         self.gen_cache = GeneratorCache(self.cache)
         self.synth_cache = SyntheticCache(self.cache)
@@ -515,8 +509,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     }
     store.open(loaded.hash, meta)
     ds, data_report = load_dataset(loaded)
-    _write_or_fail(out, lambda: atomic_text(out / "data_report.json",
-                                            json.dumps(data_report, indent=2, default=str)))
+    store.write_text("data_report.json", json.dumps(data_report, indent=2, default=str))
     cells = expand_cells(loaded, count_folds(loaded))
     done = store.done()
     todo = [c for c in cells if c.key not in done]
@@ -550,8 +543,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
         if status in ("ok", "cached"):
             for k, v in provenance.items():
                 payload[k] = v
-            _write_or_fail(out, lambda: store.save_cell(cell.key, payload, preds),
-                           kept=n_done - 1)
+            store.save_cell(cell.key, payload, preds)
             store.clear_failure(cell.key)
             acc = payload.loc[payload.metric == "accuracy", "value"]
             summary = f"accuracy={acc.iloc[0]:.4f} " if len(acc) else ""
@@ -562,7 +554,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
             info = {"cell": cell.label(), "reason": payload}
             if preds:                  # the traceback of an unexpected exception
                 info["traceback"] = preds
-            _write_or_fail(out, lambda: store.save_failure(cell.key, info), kept=n_done - 1)
+            store.save_failure(cell.key, info)
             reporter.cell_done(n_done, cell, f"FAILED: {payload}")
 
     def on_prefit(task: Prefit, result) -> None:
@@ -585,7 +577,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     finally:
         torch.set_num_threads(old_threads)
         reporter.close()
-    df = _write_or_fail(out, store.consolidate, kept=n_done)
+    df = store.consolidate()
     if failures:
         reporter.log(f"warning: {failures} cell(s) failed; see {out / 'cells'}/*.failed.json")
     return df
@@ -617,16 +609,3 @@ def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:
         if c.arm in gen_arms:
             groups[(c.seed, c.fold, c.arm)] = groups.get((c.seed, c.fold, c.arm), 0) + 1
     return [Prefit(seed, fold, arm) for (seed, fold, arm), n in groups.items() if n > 1]
-
-
-def _write_or_fail(out: Path, write: Callable[[], Any], kept: int | None = None):
-    """Run a write into the results folder; a full disk or a folder that became
-    unwritable is a clear error that says what is kept."""
-    try:
-        return write()
-    except OSError as exc:
-        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        kept_msg = "" if kept is None else f"; the {kept} finished cell(s) are kept"
-        raise ResultsError(f"cannot write results to {out}: {why}{kept_msg}; "
-                           "free space (or fix permissions) and rerun the same command to "
-                           "resume") from None

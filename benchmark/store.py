@@ -5,6 +5,8 @@ another is refused rather than mixing numbers."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
 from pathlib import Path
@@ -49,6 +51,23 @@ class ResultsStore:
             return
         atomic_text(mpath, json.dumps({**meta, "suite_hash": suite_hash}, indent=2, default=str))
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Around every write into the folder once it is open: a full disk, or a folder
+        that became unwritable, is a clear error that says what is kept."""
+        try:
+            yield
+        except OSError as exc:
+            why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise ResultsError(f"cannot write results to {self.root}: {why}; the "
+                               f"{len(self.done())} finished cell(s) are kept; free space (or "
+                               "fix permissions) and rerun the same command to resume") from None
+
+    def write_text(self, name: str, text: str) -> None:
+        """A file of the run beside the cells (e.g. data_report.json), atomically."""
+        with self.writing():
+            atomic_text(self.root / name, text)
+
     def manifest(self) -> dict:
         mpath = self.root / MANIFEST
         if not mpath.exists():
@@ -62,22 +81,24 @@ class ResultsStore:
     def update_manifest(self, **fields) -> None:
         m = self.manifest()
         m.update(fields)
-        atomic_text(self.root / MANIFEST, json.dumps(m, indent=2, default=str))
+        self.write_text(MANIFEST, json.dumps(m, indent=2, default=str))
 
     # ---------------------------------------------------------------- cells
     def done(self) -> set[str]:
         return {p.name[:-len(".parquet")] for p in self.cells.glob("*.parquet")}
 
     def save_cell(self, key: str, rows: pd.DataFrame, preds: dict[str, np.ndarray] | None) -> None:
-        if preds is not None:
-            atomic_write(self.cells / f"{key}.preds.npz",
-                         lambda p: np.savez_compressed(open(p, "wb"), **preds))
-        # the parquet file is the marker that the cell is finished: written last
-        atomic_write(self.cells / f"{key}.parquet", lambda p: rows.to_parquet(p, index=False))
+        with self.writing():
+            if preds is not None:
+                atomic_write(self.cells / f"{key}.preds.npz",
+                             lambda p: np.savez_compressed(open(p, "wb"), **preds))
+            # the parquet file is the marker that the cell is finished: written last
+            atomic_write(self.cells / f"{key}.parquet", lambda p: rows.to_parquet(p, index=False))
         self.consolidate()
 
     def save_failure(self, key: str, info: dict) -> None:
-        atomic_text(self.cells / f"{key}.failed.json", json.dumps(info, indent=2, default=str))
+        with self.writing():
+            atomic_text(self.cells / f"{key}.failed.json", json.dumps(info, indent=2, default=str))
 
     def clear_failure(self, key: str) -> None:
         try:
@@ -104,6 +125,7 @@ class ResultsStore:
         df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
         if len(df):
             df = df.sort_values(["cell_order", "metric_order"], kind="stable").reset_index(drop=True)
-        atomic_write(self.root / "results.parquet", lambda p: df.to_parquet(p, index=False))
-        atomic_write(self.root / "results.csv", lambda p: df.to_csv(p, index=False))
+        with self.writing():
+            atomic_write(self.root / "results.parquet", lambda p: df.to_parquet(p, index=False))
+            atomic_write(self.root / "results.csv", lambda p: df.to_csv(p, index=False))
         return df

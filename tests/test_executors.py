@@ -16,7 +16,10 @@ from click.testing import CliRunner
 
 from medbench.cli import cli
 from medbench.errors import TrainingError
-from medbench.runner import Engine, ResultsStore
+from medbench.cache import Cache
+from medbench.execution import Prefit
+from medbench.runner import Engine, count_folds, expand_cells, prefit_tasks
+from medbench.suite import load_suite
 
 from conftest import tiny_suite
 
@@ -49,8 +52,14 @@ def test_processes_executor_gives_the_same_numbers_as_local(write_suite, tmp_pat
     b = _run(path, tmp_path / "procs", "--jobs", "2", "--threads", "1", cache=tmp_path / "c2")
     assert len(a) and set(b.threads) == {1}
     pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
-    # the DCGAN of each fold was fitted once (by the prefit task) and cached
-    assert len(list((tmp_path / "c2").rglob("*.pt"))) >= 2
+    # each generator arm's draw of each of the 2 folds is made by one prefit task, before
+    # the 2 classifiers' cells; the DCGAN (one model per class to fill: 2 of 3) is cached
+    loaded = load_suite(path)
+    cells = expand_cells(loaded, count_folds(loaded))
+    assert prefit_tasks(loaded, cells) == [Prefit(0, f, arm) for f in (0, 1)
+                                           for arm in ("oversample", "dcgan")]
+    assert prefit_tasks(loaded, [c for c in cells if c.classifier == "smallcnn"]) == []
+    assert len(Cache(tmp_path / "c2").entries("generators")) == 4
 
 
 @pytest.mark.slow
@@ -114,16 +123,18 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(write_suite, tmp_path,
 
 def test_full_disk_is_a_clear_error_and_keeps_finished_cells(write_suite, tmp_path,
                                                              monkeypatch):
-    real = ResultsStore.save_cell
-    calls = []
+    import medbench.store
+    real = medbench.store.atomic_write
+    cells_written = []
 
-    def save(self, key, rows, preds):
-        calls.append(key)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, key, rows, preds)
+    def write(path, writer):          # the disk fills up at the third cell's marker
+        if path.suffix == ".parquet" and path.parent.name == "cells":
+            cells_written.append(path)
+            if len(cells_written) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, writer)
 
-    monkeypatch.setattr(ResultsStore, "save_cell", save)
+    monkeypatch.setattr(medbench.store, "atomic_write", write)
     out = tmp_path / "res"
     r = CliRunner().invoke(cli, ["run", str(write_suite(tiny_suite())), "--out", str(out)])
     assert r.exit_code == 2

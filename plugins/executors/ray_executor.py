@@ -56,12 +56,11 @@ class RayExecutor(Executor):
                     "log_to_driver": not getattr(fn, "quiet", False)}
             if self.address:
                 _check_reachable(self.address)
+                opts["address"] = self.address
+            else:                      # a local Ray sized for --jobs cells at once
+                opts.update(num_cpus=self.jobs * threads, num_gpus=None if self.gpus else 0)
             try:
-                if self.address:
-                    ray.init(address=self.address, **opts)
-                else:
-                    ray.init(num_cpus=self.jobs * threads,
-                             num_gpus=None if self.gpus else 0, **opts)
+                ray.init(**opts)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
                 hint = ("; a cluster started with token authentication (Ray's default) "
