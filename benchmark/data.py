@@ -82,6 +82,25 @@ class ImageSet:
             name=self.name, notes=list(self.notes),
         )
 
+    def without_classes(self, names: list[str]) -> "ImageSet":
+        """This set minus the images of the named classes, the rest renumbered in order."""
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise DataError(f"dataset {self.name!r} has no class {unknown[0]!r} to drop; its "
+                            f"classes are {', '.join(map(repr, self.classes))}")
+        gone = {self.classes.index(n) for n in names}
+        kept_classes = [c for i, c in enumerate(self.classes) if i not in gone]
+        if len(kept_classes) < 2:
+            raise DataError(f"dataset {self.name!r}: dropping {', '.join(names)} leaves fewer "
+                            "than 2 classes")
+        remap = torch.full((self.num_classes,), -1, dtype=torch.int64)
+        remap[[i for i in range(self.num_classes) if i not in gone]] = torch.arange(len(kept_classes))
+        index = np.flatnonzero(remap[self.labels].numpy() >= 0)
+        out = self.subset(index)
+        out.labels = remap[out.labels]
+        out.classes = kept_classes
+        return out
+
     def split_index(self, split: str) -> np.ndarray:
         if self.splits is None:
             raise DataError(f"dataset {self.name!r} has no predefined splits")
@@ -146,8 +165,9 @@ class DuplicateReport:
 
     groups: int = 0              # groups of byte-identical images (size >= 2)
     within_split: int = 0        # extra copies inside one split with one label
-    cross_split: int = 0         # groups that span two or more splits
+    cross_split: int = 0         # groups that span two or more splits (leaks between splits)
     conflicting: int = 0         # groups whose copies carry different labels
+    conflicting_cross: int = 0   # groups that are both: counted in the two numbers above
     dropped: int = 0             # images removed
     examples: list[list[str]] = field(default_factory=list)
 
@@ -157,13 +177,15 @@ class DuplicateReport:
     def summary(self) -> str:
         if not self.groups:
             return "no exact duplicates"
+        both = f" ({self.conflicting_cross} of them across splits)" if self.conflicting_cross else ""
         return (f"{self.groups} groups of identical images: {self.within_split} extra copies "
                 f"within a split, {self.cross_split} groups across splits, {self.conflicting} "
-                f"groups with conflicting labels; {self.dropped} images dropped")
+                f"groups with conflicting labels{both}; {self.dropped} images dropped")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("groups", "within_split", "cross_split", "conflicting", "dropped", "examples")}
+                ("groups", "within_split", "cross_split", "conflicting", "conflicting_cross",
+                 "dropped", "examples")}
 
 
 def handle_duplicates(ds: ImageSet, policy: str = "drop") -> tuple[ImageSet, DuplicateReport]:
@@ -191,11 +213,14 @@ def handle_duplicates(ds: ImageSet, policy: str = "drop") -> tuple[ImageSet, Dup
         rep.groups += 1
         if len(rep.examples) < 5:
             rep.examples.append([ds.sources[i] if ds.sources else f"#{i}" for i in members])
+        splits = {ds.splits[i] for i in members} if ds.splits else {None}
         if len(set(labels[members].tolist())) > 1:
             rep.conflicting += 1
+            if len(splits) > 1:
+                rep.cross_split += 1
+                rep.conflicting_cross += 1
             drop.update(members)
             continue
-        splits = {ds.splits[i] for i in members} if ds.splits else {None}
         if len(splits) > 1:
             rep.cross_split += 1
             top = max(splits, key=lambda s: rank.get(s, -1))

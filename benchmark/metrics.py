@@ -35,8 +35,9 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], wanted: l
             threshold: float | None = None) -> list[tuple[str, str, float]]:
     """Rows of (metric, class, value); class is "" for whole-set metrics.
 
-    accuracy, balanced_accuracy, macro_f1/precision/recall; per class precision, recall,
-    f1, specificity; roc_auc and pr_auc (one-vs-rest macro average when multi-class;
+    accuracy, balanced_accuracy, macro_f1/precision/recall (over the classes present in
+    the test fold); per class precision, recall, f1 (recall and f1 NaN for a class absent
+    from the test fold), specificity; roc_auc and pr_auc (one-vs-rest macro average when multi-class;
     positive class 1 when binary; NaN when a class is absent from the test fold);
     confusion: one row per (true, predicted) pair named "true->pred".
     """
@@ -59,12 +60,16 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], wanted: l
         rows.append(("accuracy", "", float(tp.sum() / max(n, 1))))
     if "balanced_accuracy" in want:
         rows.append(("balanced_accuracy", "", float(rec[present].mean()) if present.any() else np.nan))
+    # a class absent from the test fold has no recall or F1: those are NaN, and the
+    # macro averages run over the classes present (as balanced accuracy and AUC do)
+    rec = np.where(present, rec, np.nan)
+    f1 = np.where(present, f1, np.nan)
     if "macro_f1" in want:
-        rows.append(("macro_f1", "", float(f1.mean())))
+        rows.append(("macro_f1", "", float(f1[present].mean()) if present.any() else np.nan))
     if "macro_precision" in want:
-        rows.append(("macro_precision", "", float(prec.mean())))
+        rows.append(("macro_precision", "", float(prec[present].mean()) if present.any() else np.nan))
     if "macro_recall" in want:
-        rows.append(("macro_recall", "", float(rec.mean())))
+        rows.append(("macro_recall", "", float(rec[present].mean()) if present.any() else np.nan))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "roc_auc" in want or "pr_auc" in want:

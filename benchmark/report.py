@@ -279,6 +279,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         data_line = (f"Data: {data['loader']} ({data['images']} images: {counts}; "
                      f"{data['image_size']} px, {data['channels']} channel(s)); duplicates: "
                      f"{data['duplicates_summary']}.")
+        if data.get("dropped_classes"):
+            data_line = data_line[:-1] + "; classes left out (`dataset.drop_classes`): " + ", ".join(
+                f"{c} ({n} image(s) after duplicates)" for c, n in data["dropped_classes"].items()) + "."
     splits = df.groupby(["seed", "fold"]).ngroups
     note = (f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
             "test fold(s); 95% confidence intervals of the means are in summary.csv." + (f" Minority recall: recall of `{minority}`, the "

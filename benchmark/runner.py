@@ -99,6 +99,13 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     if len(ds) == 0:
         raise DataError(f"dataset {d.loader!r} at {spec.path} has no images")
     ds, dup = handle_duplicates(ds, d.duplicates)
+    dropped = {}
+    if d.drop_classes:
+        before = dict(zip(ds.classes, ds.counts()))
+        ds = ds.without_classes(d.drop_classes)
+        dropped = {n: before[n] for n in d.drop_classes}
+        ds.notes.append("classes dropped (dataset.drop_classes): " + ", ".join(
+            f"{n} ({k} image(s) left after duplicates)" for n, k in dropped.items()))
     report = {
         "loader": d.loader, "path": str(spec.path) if spec.path else None,
         "images": len(ds), "classes": ds.classes, "counts": ds.counts(),
@@ -108,6 +115,8 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
         "duplicates": dup.as_dict(), "duplicates_summary": dup.summary(),
         "fingerprint": ds.fingerprint(), "notes": ds.notes,
     }
+    if dropped:
+        report["dropped_classes"] = dropped
     return ds, report
 
 

@@ -43,6 +43,8 @@ class DatasetConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     duplicates: Literal["drop", "refuse", "keep"] = "drop"
     min_per_class: int = Field(2, ge=1, description="refuse classes with fewer training images")
+    drop_classes: list[str] = Field(default_factory=list,
+                                    description="classes left out, after duplicates are handled")
 
 
 class ProtocolConfig(Strict):

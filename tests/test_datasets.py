@@ -564,6 +564,33 @@ def test_folder_duplicates_across_splits_and_labels(tmp_path):
         handle_duplicates(ds, "refuse")
 
 
+def test_a_conflicting_group_across_splits_counts_as_a_leak_too(tmp_path):
+    # the same file as a training Covid image and as a test Normal image: a leak between
+    # splits and a label conflict at once; the report must not hide either
+    root = kaggle_tree(tmp_path)
+    shutil.copy(root / "train" / "Covid" / "c1.png", root / "test" / "Normal" / "both.png")
+    ds = Folder().load(spec("folder", root, size=16))
+    out, rep = handle_duplicates(ds, "drop")
+    assert (rep.groups, rep.cross_split, rep.conflicting, rep.conflicting_cross) == (1, 1, 1, 1)
+    assert "1 groups across splits, 1 groups with conflicting labels (1 of them across splits)" \
+        in rep.summary()
+    assert rep.dropped == 2 and not {"train/Covid/c1.png", "test/Normal/both.png"} & set(out.sources)
+
+
+def test_without_classes_renumbers_the_rest_and_names_a_wrong_class(tmp_path):
+    ds = Folder().load(spec("folder", kaggle_tree(tmp_path), size=16))
+    out = ds.without_classes(["Normal"])
+    assert out.classes == ["Covid", "Viral Pneumonia"] and out.counts() == [6, 5]
+    kept = [i for i, src in enumerate(ds.sources) if "/Normal/" not in src]
+    assert out.sources == [ds.sources[i] for i in kept]
+    assert torch.equal(out.images, ds.images[kept])
+    assert out.labels.tolist() == [0 if ds.labels[i] == 0 else 1 for i in kept]
+    with pytest.raises(DataError, match="has no class 'Norm' to drop; its classes are 'Covid'"):
+        ds.without_classes(["Norm"])
+    with pytest.raises(DataError, match="leaves fewer than 2 classes"):
+        ds.without_classes(["Normal", "Covid"])
+
+
 # ============================================================================ real data
 
 
@@ -599,3 +626,23 @@ def test_real_pneumoniamnist(tmp_path):
     assert split_counts(ds) == {"train": 4708, "val": 524, "test": 624}
     assert np.bincount(ds.labels.numpy()[ds.split_index("train")]).tolist() == [1214, 3494]
     assert ds.images.shape == (5856, 1, 28, 28)
+
+
+@needs_data
+def test_real_isic_duplicates_are_found_and_the_leaks_named(tmp_path):
+    """The Kaggle ISIC 9-class set files 155 images under two classes (78 of the 80
+    seborrheic keratosis images are melanoma images; 15 of the 16 actinic keratosis test
+    images are nevus training images), 18 of those across Train and Test."""
+    root = DATA / "isic-skin-cancer" / "Skin cancer ISIC The International Skin Imaging Collaboration"
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    ds = Folder().load(spec("folder", root, size=16, channels=3, cache_dir=tmp_path))
+    assert split_counts(ds) == {"train": 2241, "val": 0, "test": 118}
+    out, rep = handle_duplicates(ds, "drop")
+    assert (rep.groups, rep.conflicting, rep.cross_split, rep.conflicting_cross) == (159, 155, 18, 18)
+    test = out.split_index("test")
+    counts = dict(zip(out.classes, np.bincount(out.labels.numpy()[test], minlength=9).tolist()))
+    assert counts["actinic keratosis"] == 1 and counts["seborrheic keratosis"] == 0
+    train_hashes = {out.hashes[i] for i in out.split_index("train")}
+    assert not train_hashes & {out.hashes[i] for i in test}       # no leak is left
+    assert dict(zip(out.classes, out.counts()))["seborrheic keratosis"] == 2

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
 from medbench import injection, metrics
 from medbench.data import ImageSet
@@ -70,6 +70,27 @@ def test_metrics_match_sklearn():
     assert rows[("specificity", "a")] == pytest.approx(((pred != 0) & neg).sum() / neg.sum())
     assert sum(v for (m, _), v in rows.items() if m == "confusion") == 200
     assert rows[("confusion", "b->b")] == ((y == 1) & (pred == 1)).sum()
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_a_class_absent_from_the_test_fold_has_no_recall_and_leaves_the_macro_averages():
+    # class c never occurs in y (a fold without it); the model still predicts it twice
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    pred = np.array([0, 0, 2, 1, 1, 0, 0, 2])
+    p = np.eye(3)[pred] * 0.8 + 0.1
+    rows = {(m, c): v for m, c, v in metrics.compute(y, p, ["a", "b", "c"], [
+        "balanced_accuracy", "macro_f1", "macro_recall", "macro_precision", "recall", "f1",
+        "precision"])}
+    assert np.isnan(rows[("recall", "c")]) and np.isnan(rows[("f1", "c")])
+    assert rows[("precision", "c")] == 0.0                     # it was predicted, wrongly
+    present = [0, 1]
+    assert rows[("macro_f1", "")] == pytest.approx(f1_score(y, pred, labels=present, average="macro"))
+    assert rows[("macro_recall", "")] == pytest.approx(
+        recall_score(y, pred, labels=present, average="macro"))
+    assert rows[("balanced_accuracy", "")] == pytest.approx(balanced_accuracy_score(y, pred))
+    # with every class present the macro F1 is sklearn's plain macro F1 (as above)
+    assert rows[("macro_f1", "")] > f1_score(y, pred, labels=[0, 1, 2], average="macro",
+                                             zero_division=0)
 
 
 def test_threshold_tuning_improves_val_f1():
