@@ -1,7 +1,12 @@
 """Results on disk: one Parquet file per finished cell (written atomically, so a killed
-run loses at most the cell in progress), consolidated into results.parquet/results.csv
-after every cell. A results folder belongs to one suite configuration; resuming it under
-another is refused rather than mixing numbers."""
+run loses at most the cell in progress), consolidated into results.parquet/results.csv.
+The cell files are the record; the consolidated tables follow them at most
+``consolidate_every`` seconds behind during a run, exactly at its end (or on Ctrl-C), and
+``load`` brings them up to date first when a killed run left them behind. Consolidation
+reads each cell file once per store (a file is read again only if it changes), so a suite
+of thousands of cells does not reread them all after each one. A results folder belongs
+to one suite configuration; resuming it under another is refused rather than mixing
+numbers."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import contextlib
 import errno
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +32,12 @@ def safe_name(text: str) -> str:
 
 
 class ResultsStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, consolidate_every: float = 5.0):
         self.root = Path(root)
         self.cells = self.root / "cells"
+        self.consolidate_every = consolidate_every
+        self._frames: dict[str, tuple[int, pd.DataFrame]] = {}   # key -> (mtime_ns, rows)
+        self._last_write = float("-inf")
 
     # ---------------------------------------------------------------- set-up
     def open(self, suite_hash: str, meta: dict[str, Any]) -> None:
@@ -94,7 +103,8 @@ class ResultsStore:
                              lambda p: np.savez_compressed(open(p, "wb"), **preds))
             # the parquet file is the marker that the cell is finished: written last
             atomic_write(self.cells / f"{key}.parquet", lambda p: rows.to_parquet(p, index=False))
-        self.consolidate()
+        if time.monotonic() - self._last_write >= self.consolidate_every:
+            self.consolidate()
 
     def save_failure(self, key: str, info: dict) -> None:
         with self.writing():
@@ -114,18 +124,45 @@ class ResultsStore:
             return {k: z[k] for k in z.files}
 
     def load(self) -> pd.DataFrame:
+        """The consolidated results, first brought up to date with the cell files."""
         path = self.root / "results.parquet"
+        if self._stale(path):
+            return self.consolidate()
         if path.exists():
             return pd.read_parquet(path)
         self.manifest()
         raise ResultsError(f"{self.root} has no finished cells yet (no results.parquet)")
 
+    def _stale(self, path: Path) -> bool:
+        """Cells finished (or removed) after the tables were last written."""
+        if not self.cells.is_dir():
+            return False
+        files = list(self.cells.glob("*.parquet"))
+        if not files:
+            return False
+        if not path.exists():
+            return True
+        newest = max([self.cells.stat().st_mtime_ns, *(f.stat().st_mtime_ns for f in files)])
+        return newest > path.stat().st_mtime_ns
+
     def consolidate(self) -> pd.DataFrame:
+        """Write results.parquet and results.csv from every finished cell's file; a file
+        already read by this store is taken from memory unless it changed since."""
         files = sorted(self.cells.glob("*.parquet"))
-        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+        frames = []
+        for f in files:
+            key, mtime = f.name[:-len(".parquet")], f.stat().st_mtime_ns
+            held = self._frames.get(key)
+            if held is None or held[0] != mtime:
+                held = self._frames[key] = (mtime, pd.read_parquet(f))
+            frames.append(held[1])
+        for key in set(self._frames) - {f.name[:-len(".parquet")] for f in files}:
+            del self._frames[key]                   # a cell removed to be rerun
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if len(df):
             df = df.sort_values(["cell_order", "metric_order"], kind="stable").reset_index(drop=True)
         with self.writing():
             atomic_write(self.root / "results.parquet", lambda p: df.to_parquet(p, index=False))
             atomic_write(self.root / "results.csv", lambda p: df.to_csv(p, index=False))
+        self._last_write = time.monotonic()
         return df

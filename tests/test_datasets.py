@@ -631,8 +631,9 @@ def test_real_pneumoniamnist(tmp_path):
 @needs_data
 def test_real_isic_duplicates_are_found_and_the_leaks_named(tmp_path):
     """The Kaggle ISIC 9-class set files 155 images under two classes (78 of the 80
-    seborrheic keratosis images are melanoma images; 15 of the 16 actinic keratosis test
-    images are nevus training images), 18 of those across Train and Test."""
+    seborrheic keratosis images are melanoma images; 77 of the 130 actinic keratosis
+    images are nevus images, 15 of its 16 test images among them), 18 of those across
+    Train and Test."""
     root = DATA / "isic-skin-cancer" / "Skin cancer ISIC The International Skin Imaging Collaboration"
     if not root.is_dir():
         pytest.skip(f"{root} not present")
