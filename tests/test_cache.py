@@ -4,9 +4,12 @@ across runs; `medbench cache ls` and `prune`."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +18,10 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_suite
-from medbench.cache import (KINDS, Cache, SyntheticCache, cell_key, code_version, content_key,
-                            load_cell, store_cell)
+import medbench
+import medbench.plugins
+from medbench.cache import (KINDS, READ_ONLY_MODULES, Cache, SyntheticCache, cell_key,
+                            code_version, content_key, load_cell, store_cell)
 from medbench.cli import cli
 from medbench.errors import GeneratorDiverged
 from medbench.generators import GeneratorCache
@@ -68,6 +73,58 @@ def test_code_version_covers_the_plugin_and_the_engine():
     v = code_version(dcgan.DCGAN)
     assert v == code_version(dcgan.DCGAN) and v != code_version(oversample.Oversample)
     assert code_version() != v and len(v) == 16
+
+
+def _engine_imports(path: Path) -> set[str]:
+    """The medbench engine modules (file names) that the source at ``path`` imports."""
+    root = Path(medbench.__file__).parent
+    in_engine = path.parent == root
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 1 and in_engine:
+                names = [mod.split(".")[0]] if mod else [a.name for a in node.names]
+            elif mod == "medbench":
+                names = [a.name for a in node.names]
+            elif mod.startswith("medbench."):
+                names = [mod.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("medbench.")]
+        found.update(f"{n}.py" for n in names)
+    return {m for m in found if (root / m).is_file()}
+
+
+def test_modules_left_out_of_the_code_version_are_never_imported_to_compute_results():
+    root = Path(medbench.__file__).parent
+    # everything a cell, a generator fit or a synthetic set runs starts from these
+    start = ["runner.py", "execution.py", "trainer.py", "generators.py", "injection.py",
+             "metrics.py", "splits.py", "data.py", "cache.py", "store.py", "api.py"]
+    seen, todo = set(), list(start)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += _engine_imports(root / m)
+    assert not seen & READ_ONLY_MODULES, seen & READ_ONLY_MODULES
+    assert {"suite.py", "registry.py", "errors.py"} <= seen        # the walk does find imports
+    # nor does any built-in plugin import one
+    for f in sorted(Path(medbench.plugins.__file__).parent.rglob("*.py")):
+        assert not _engine_imports(f) & READ_ONLY_MODULES, f
+
+
+def test_editing_a_read_only_module_keeps_the_code_version(tmp_path, monkeypatch):
+    import medbench.cache as cache_module
+    src = Path(cache_module.__file__).parent
+    copy = tmp_path / "medbench"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache_module, "__file__", str(copy / "cache.py"))
+    before = code_version()
+    (copy / "report.py").write_text((copy / "report.py").read_text() + "\n# a new table\n")
+    assert code_version() == before
+    (copy / "trainer.py").write_text((copy / "trainer.py").read_text() + "\n# a change\n")
+    assert code_version() != before
 
 
 # ------------------------------------------------------------------ entries

