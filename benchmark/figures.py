@@ -65,6 +65,12 @@ def _save(fig, stem: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+def _titled(fig, title: str) -> None:
+    """A figure title above the panels: tight_layout alone lets it overlap their titles."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+
+
 def _short(text: str, n: int = 14) -> str:
     text = str(text)
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -118,8 +124,11 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
             ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center",
-                            fontsize=7, color="white" if norm[i, j] > 0.55 else "black")
+                    if k > 5 and cm[i, j] == 0:
+                        continue       # many classes: empty cells stay blank
+                    text = f"{norm[i, j]:.2f}" + (f"\n({cm[i, j]})" if k <= 5 else "")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.55 else "black")
             ax.set_xticks(range(k))
             ax.set_yticks(range(k))
             ax.set_xticklabels(names, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center",
@@ -130,14 +139,14 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
             ax.set_title(_short(arm, 28), fontsize=9)
         for ax in list(axes.flat)[len(arms):]:
             ax.axis("off")
-        fig.suptitle(f"{clf}: confusion matrices", fontsize=10)
-        fig.tight_layout()
+        _titled(fig, f"{clf}: confusion matrices")
         png, pdf = _save(fig, out / f"confusion-{safe_name(clf)}")
         figs.append(Figure(
             "confusion", f"Confusion matrices, {clf}",
             f"Test predictions of {clf} summed over each arm's runs (up to {runs}); each row "
-            "is normalized over the images of its true class (recall on the diagonal), "
-            "counts in brackets.", png, pdf))
+            "is normalized over the images of its true class (recall on the diagonal)"
+            + (", counts in brackets." if k <= 5 else "; cells with no image are blank."),
+            png, pdf))
     return figs
 
 
@@ -184,8 +193,7 @@ def curve_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "best")
         vs = "positive class" if k == 2 else "one-vs-rest, the smallest class"
-        fig.suptitle(f"{clf}: class {name!r} ({vs})", fontsize=10)
-        fig.tight_layout()
+        _titled(fig, f"{clf}: class {name!r} ({vs})")
         png, pdf = _save(fig, out / f"roc-pr-{safe_name(clf)}")
         figs.append(Figure(
             "curves", f"ROC and precision-recall curves, {clf}",
@@ -237,12 +245,120 @@ def _grid_label(folder: Path, grids: list[Path]) -> str:
     return grids[-1].stem.split("_", 2)[-1].replace("_", " ")
 
 
-def gan_figures(results_dir: Path, out: Path) -> list[Figure]:
+def _crop_grid(img: np.ndarray, tile: int | None, k: int = 4) -> np.ndarray:
+    """The top-left k x k tiles of a grid written by generators._grid_png (tiles of
+    ``tile`` px between 1 px lines), so a page of many grids stays light."""
+    if not tile:
+        return img
+    n = 1 + k * (tile + 1)
+    return img[:n, :n] if img.shape[0] > n and img.shape[1] > n else img
+
+
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _loss_panel(ax, losses: Path, title: str) -> None:
+    hist = pd.read_csv(losses)
+    steps = np.arange(1, len(hist) + 1)
+    for key, label in (("d_loss", "discriminator / critic"), ("g_loss", "generator")):
+        if key in hist:
+            v = pd.to_numeric(hist[key], errors="coerce").to_numpy(dtype=float)
+            w = max(1, len(v) // 100)      # moving mean over w steps
+            ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"),
+                    lw=1, label=label, marker="o" if len(v) < 30 else None, ms=3)
+    if "stage" in hist:
+        st = hist["stage"].to_numpy()
+        for s in np.flatnonzero(st[1:] != st[:-1]) + 1:
+            ax.axvline(s, color="0.7", lw=0.6, ls="--")
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("loss", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def _seed_fold(folder: Path) -> str:
+    return folder.name.rsplit("-", 1)[0] if folder.name.count("-") >= 2 else folder.name
+
+
+def gallery_figure(results_dir: Path, out: Path, tile: int | None = None) -> list[Figure]:
+    """One page to compare the generators: a row per class, real training images first,
+    then the last sample grid of each per-class generator (its first model by seed and
+    fold), each cropped to 4 x 4 images. A conditional generator's mixed grid stays in
+    its own figure."""
+    runs = {k: v for k, v in _gan_runs(results_dir).items()
+            if k[1] != "all" and any(v[0].glob("samples_*.png"))}
+    if not runs:
+        return []
+    plt = _plt()
+    classes = sorted({c for _, c in runs})
+    gens = sorted({g for g, _ in runs})
+    cols = ["real"] + gens
+    fig, axes = plt.subplots(len(classes), len(cols), squeeze=False,
+                             figsize=(1.3 * len(cols) + 0.6, 1.3 * len(classes) + 0.4))
+    for r, cls in enumerate(classes):
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            if col == "real":
+                first = next((runs[(g, cls)][0] for g in gens if (g, cls) in runs
+                              and (runs[(g, cls)][0] / "real.png").is_file()), None)
+                path = first / "real.png" if first else None
+            else:
+                grids = sorted(runs[(col, cls)][0].glob("samples_*.png")) if (col, cls) in runs else []
+                path = grids[-1] if grids else None
+            if path is not None:
+                _show(ax, _crop_grid(_image(path), tile))
+            else:
+                ax.axis("off")
+            if r == 0:
+                ax.set_title(col, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(_short(cls, 18), fontsize=8)
+    fig.tight_layout()
+    png, pdf = _save(fig, out / "gan-gallery")
+    return [Figure("gan", "Synthetic images beside real ones, per class",
+                   "Each row is a class the generators filled: 16 real training images of "
+                   "the first (seed, fold), then 16 images of the last sample grid (fixed "
+                   "noise) of each per-class generator fitted on that fold's training part.",
+                   png, pdf)]
+
+
+def gan_figures(results_dir: Path, out: Path, tile: int | None = None) -> list[Figure]:
+    """Per generator and class: losses, its last sample grid and real images. A
+    generator fitted per class for more than 2 classes gets one figure of loss curves,
+    a panel per class, instead (its samples are in the gallery)."""
     plt = _plt()
     figs = []
-    for (gen, cls), folders in sorted(_gan_runs(results_dir).items()):
+    runs = _gan_runs(results_dir)
+    many = {g for g in {g for g, _ in runs}
+            if sum(1 for g2, c in runs if g2 == g and c != "all") > 2}
+    for gen in sorted(many):
+        items = [(c, f) for (g, c), f in sorted(runs.items()) if g == gen and c != "all"
+                 and (f[0] / "losses.csv").is_file()]
+        if not items:
+            continue
+        ncol = min(4, len(items))
+        nrow = -(-len(items) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+        for ax, (cls, folders) in zip(axes.flat, items):
+            _loss_panel(ax, folders[0] / "losses.csv", f"{_short(cls, 24)} ({_seed_fold(folders[0])})")
+        for ax in list(axes.flat)[len(items):]:
+            ax.axis("off")
+        _titled(fig, f"{gen}: losses per class")
+        png, pdf = _save(fig, out / f"gan-{safe_name(gen)}-losses")
+        figs.append(Figure("gan", f"{gen}, losses per class",
+                           f"{gen}, one model per class: discriminator and generator losses "
+                           "per step (moving mean) of each class's model of the first (seed, "
+                           "fold); its samples are in the gallery.", png, pdf))
+    for (gen, cls), folders in sorted(runs.items()):
+        if gen in many and cls != "all":
+            continue
         first = folders[0]
-        seed_fold = first.name.rsplit("-", 1)[0] if first.name.count("-") >= 2 else first.name
+        seed_fold = _seed_fold(first)
         panels = []
         losses = first / "losses.csv"
         if losses.is_file():
@@ -257,35 +373,14 @@ def gan_figures(results_dir: Path, out: Path) -> list[Figure]:
                                      1.5 if p == "loss" else 1 for p in panels]})
         for ax, panel in zip(axes.flat, panels):
             if panel == "loss":
-                hist = pd.read_csv(losses)
-                steps = np.arange(1, len(hist) + 1)
-                for key, label in (("d_loss", "discriminator / critic"), ("g_loss", "generator")):
-                    if key in hist:
-                        v = pd.to_numeric(hist[key], errors="coerce").to_numpy(dtype=float)
-                        w = max(1, len(v) // 100)      # moving mean over w steps
-                        ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"),
-                                lw=1, label=label, marker="o" if len(v) < 30 else None, ms=3)
-                if "stage" in hist:
-                    st = hist["stage"].to_numpy()
-                    for s in np.flatnonzero(st[1:] != st[:-1]) + 1:
-                        ax.axvline(s, color="0.7", lw=0.6, ls="--")
-                ax.set_xlabel("step", fontsize=8)
-                ax.set_ylabel("loss", fontsize=8)
-                ax.tick_params(labelsize=7)
-                ax.set_title(f"losses ({len(folders)} model(s); {seed_fold} shown)", fontsize=8)
-                ax.legend(fontsize=7)
+                _loss_panel(ax, losses, f"losses ({len(folders)} model(s); {seed_fold} shown)")
             else:
                 path = grids[-1] if panel == "samples" else first / "real.png"
-                img = _image(path)
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255,
-                          interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
+                _show(ax, _image(path))
                 ax.set_title(f"synthetic ({_grid_label(first, grids)})" if panel == "samples"
                              else "real training images", fontsize=8)
         what = "all classes" if cls == "all" else f"class {cls}"
-        fig.suptitle(f"{gen}, {what}", fontsize=10)
-        fig.tight_layout()
+        _titled(fig, f"{gen}, {what}")
         png, pdf = _save(fig, out / f"gan-{safe_name(gen)}-{safe_name(cls)}")
         figs.append(Figure(
             "gan", f"{gen}, {what}",
@@ -358,7 +453,8 @@ def write_figures(results_dir: Path, report_dir: Path, store: ResultsStore, df: 
     out.mkdir(parents=True, exist_ok=True)
     preds = pooled_predictions(store, df)
     figs = confusion_figures(preds, data, out) + curve_figures(preds, data, out)
-    figs += gan_figures(results_dir, out)
+    tile = data.get("image_size") if data else None
+    figs += gallery_figure(results_dir, out, tile) + gan_figures(results_dir, out, tile)
     keep = {p.resolve() for f in figs for p in f.paths}
     for p in list(out.glob("*.png")) + list(out.glob("*.pdf")):
         if p.resolve() not in keep:

@@ -66,7 +66,7 @@ def test_report_writes_figures_and_a_self_contained_page(reported):
     print(f"report with figures and html: {seconds:.1f} s")
     figs = rep / "figures"
     names = {p.name for p in figs.iterdir()}
-    stems = ["confusion-smallcnn", "roc-pr-smallcnn"] + \
+    stems = ["confusion-smallcnn", "roc-pr-smallcnn", "gan-gallery"] + \
         [f"gan-lsgan-{c}" for c in ("pneumonia", "covid")]
     for stem in stems:
         for ext in ("png", "pdf"):
