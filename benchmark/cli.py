@@ -126,6 +126,15 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
             tag = Path(use_tuned).parent.name if use_tuned.endswith(".json") else use_tuned
             out = base_out.with_name(f"{base_out.name}-tuned-{tag}")
     out = out or base_out
+    # what changes the numbers (threads) or how the run went, so the recorded command repeats it
+    if executor != "local":
+        args += ["--executor", executor]
+    if jobs > 1:
+        args += ["--jobs", jobs]
+    if threads:
+        args += ["--threads", threads]
+    if device:
+        args += ["--device", device]
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
                    command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
                    threads=threads)

@@ -268,6 +268,10 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     head = header_lines(manifest, results_dir)
+    if "threads" in df and df["threads"].notna().any():
+        # on a CPU the numbers depend on torch's thread count; say what the cells used
+        used = sorted({int(t) for t in df["threads"].dropna()})
+        head[-1] = head[-1][:-1] + (f", {'/'.join(map(str, used))} torch thread(s) per cell.")
     figures = []
     if "md" in formats or "html" in formats:
         from .figures import write_figures

@@ -52,6 +52,9 @@ def test_processes_executor_gives_the_same_numbers_as_local(write_suite, tmp_pat
     b = _run(path, tmp_path / "procs", "--jobs", "2", "--threads", "1", cache=tmp_path / "c2")
     assert len(a) and set(b.threads) == {1}
     pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
+    # the recorded command repeats the run as it went, thread count included
+    command = json.loads((tmp_path / "procs" / "manifest.json").read_text())["command"]
+    assert command.endswith("--jobs 2 --threads 1"), command
     # each generator arm's draw of each of the 2 folds is made by one prefit task, before
     # the 2 classifiers' cells; the DCGAN (one model per class to fill: 2 of 3) is cached
     loaded = load_suite(path)
@@ -147,11 +150,14 @@ def test_full_disk_is_a_clear_error_and_keeps_finished_cells(write_suite, tmp_pa
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigint_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs):
+    # cells of a second or more (40 epochs), so that 7 of them cannot all finish between
+    # the second "done" line and the signal; a cache of its own, so none is served from it
     suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
-                             {"name": "oversample", "generator": "oversample"}])
+                             {"name": "oversample", "generator": "oversample"}],
+                       training={"epochs": 40, "batch_size": 16})
     path = write_suite(suite)
     out = tmp_path / "res"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDBENCH_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "medbench", "run", str(path), "--out", str(out),
            "--threads", "1", *(("--jobs", str(jobs)) if jobs > 1 else ())]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -171,7 +177,8 @@ def test_sigint_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs
     # what finished is consolidated and nothing half-written is left
     assert len(pd.read_parquet(out / "results.parquet").query("metric == 'accuracy'")) == finished
     assert not list(out.rglob("*.tmp"))
-    r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--threads", "1"])
+    r = CliRunner(env={"MEDBENCH_CACHE": str(tmp_path / "cache")}).invoke(
+        cli, ["run", str(path), "--out", str(out), "--threads", "1"])
     assert r.exit_code == 0 and f"{finished} of 9 cells already done" in r.stderr
 
 

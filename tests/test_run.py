@@ -105,6 +105,7 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S+suite\.yaml` then "
                     r"`medbench report \S+`", md.splitlines()[2]), md.splitlines()[2]
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
+    assert re.search(r"device cpu, \d+ torch thread\(s\) per cell\.$", md.splitlines()[3])
     assert r"\toprule" in (rep / "summary.tex").read_text()
     # significance against `none`: the paired test over the 3 folds and McNemar on the
     # pooled test predictions, the same numbers as medbench.stats gives on the results
