@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from .files import atomic_text, atomic_write
+from .files import atomic_text, atomic_write, file_sha256
 
 __all__ = ["KINDS", "Cache", "SyntheticCache", "cache_root", "cell_key", "code_fingerprint",
            "code_version", "content_key", "fixed_rng", "load_cell", "store_cell"]
@@ -134,14 +134,6 @@ def code_version(*objs: Any) -> str:
 # --------------------------------------------------------------------------- the cache
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -219,7 +211,7 @@ class Cache:
         payload = side.parent / meta["file"] if meta else None
         try:
             ok = (meta is not None and payload.stat().st_size == meta["bytes"]
-                  and _sha256_file(payload) == meta["sha256"])
+                  and file_sha256(payload) == meta["sha256"])
         except OSError:
             ok = False
         if ok:
@@ -252,7 +244,7 @@ class Cache:
 
         def write(tmp: Path) -> None:
             writer(tmp)
-            digest["sha256"], digest["bytes"] = _sha256_file(tmp), tmp.stat().st_size
+            digest["sha256"], digest["bytes"] = file_sha256(tmp), tmp.stat().st_size
 
         try:
             atomic_write(payload, write)

@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .errors import DataError, MedbenchError, PluginError, ResultsError
-from .files import atomic_text
+from .files import atomic_text, file_sha256
 
 __all__ = ["COLUMNS", "Extractor", "FidelityMeter", "ImageDataset", "TINY", "INCEPTION",
            "resolve_extractor", "run_fidelity"]
@@ -259,11 +259,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def _weights_words(path: Path) -> str:
     """A weights file as a reader can check it on another machine: name and SHA-256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{path.name}, sha256 {h.hexdigest()[:16]}"
+    return f"{path.name}, sha256 {file_sha256(path)[:16]}"
 
 
 def _version(dist: str) -> str:

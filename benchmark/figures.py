@@ -300,13 +300,12 @@ def _seed_fold(folder: Path) -> str:
     return folder.name.rsplit("-", 1)[0] if folder.name.count("-") >= 2 else folder.name
 
 
-def gallery_figure(results_dir: Path, out: Path, tile: int | None = None) -> list[Figure]:
+def gallery_figure(runs: dict, out: Path, tile: int | None = None) -> list[Figure]:
     """One page to compare the generators: a row per class, real training images first,
     then the last sample grid of each per-class generator (its first model by seed and
     fold), each cropped to 4 x 4 images. A conditional generator's mixed grid stays in
     its own figure."""
-    runs = {k: v for k, v in _gan_runs(results_dir).items()
-            if k[1] != "all" and any(v[0].glob("samples_*.png"))}
+    runs = {k: v for k, v in runs.items() if k[1] != "all" and any(v[0].glob("samples_*.png"))}
     if not runs:
         return []
     plt = _plt()
@@ -342,13 +341,12 @@ def gallery_figure(results_dir: Path, out: Path, tile: int | None = None) -> lis
                    png, pdf)]
 
 
-def gan_figures(results_dir: Path, out: Path, tile: int | None = None) -> list[Figure]:
+def gan_figures(runs: dict, out: Path) -> list[Figure]:
     """Per generator and class: losses, its last sample grid and real images. A
     generator fitted per class for more than 2 classes gets one figure of loss curves,
     a panel per class, instead (its samples are in the gallery)."""
     plt = _plt()
     figs = []
-    runs = _gan_runs(results_dir)
     many = {g for g in {g for g, _ in runs}
             if sum(1 for g2, c in runs if g2 == g and c != "all") > 2}
     for gen in sorted(many):
@@ -469,7 +467,8 @@ def write_figures(results_dir: Path, report_dir: Path, store: ResultsStore, df: 
     preds = pooled_predictions(store, df)
     figs = confusion_figures(preds, data, out) + curve_figures(preds, data, out)
     tile = data.get("image_size") if data else None
-    figs += gallery_figure(results_dir, out, tile) + gan_figures(results_dir, out, tile)
+    runs = _gan_runs(results_dir)       # (generator, class) -> artifact folders
+    figs += gallery_figure(runs, out, tile) + gan_figures(runs, out)
     keep = {p.resolve() for f in figs for p in f.paths}
     for p in list(out.glob("*.png")) + list(out.glob("*.pdf")):
         if p.resolve() not in keep:

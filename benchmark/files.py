@@ -32,6 +32,15 @@ def atomic_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fetch(url: str, dest: Path, *, algo: str, timeout: float,
           check: Callable[[str], None] | None = None) -> str:
     """Stream ``url`` into ``dest`` atomically, hashing it on the way; returns the hex

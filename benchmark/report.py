@@ -232,14 +232,17 @@ def _fidelity_md(results_dir: Path, df: pd.DataFrame, data: dict) -> list[str]:
             "scale. Extractor: " + "; ".join(extractors) + "." + made_by, "", md_table(table), ""]
 
 
-def header_lines(manifest: dict, results_dir: Path) -> list[str]:
+def header_lines(manifest: dict, results_dir: Path, threads: list[int] | None = None) -> list[str]:
+    """The command that made the results, and what they were made with (on a CPU the
+    numbers depend on torch's thread count: ``threads`` are those the cells used)."""
     run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
     return [
         f"Made by: `{run_cmd}` then `medbench report {results_dir}`",
         f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
         f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
         f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "
-        f"device {manifest.get('device')}.",
+        f"device {manifest.get('device')}"
+        + (f", {'/'.join(map(str, threads))} torch thread(s) per cell." if threads else "."),
     ]
 
 
@@ -267,11 +270,8 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     table = marked(wide(summary), sig)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    head = header_lines(manifest, results_dir)
-    if "threads" in df and df["threads"].notna().any():
-        # on a CPU the numbers depend on torch's thread count; say what the cells used
-        used = sorted({int(t) for t in df["threads"].dropna()})
-        head[-1] = head[-1][:-1] + (f", {'/'.join(map(str, used))} torch thread(s) per cell.")
+    threads = sorted({int(t) for t in df["threads"].dropna()}) if "threads" in df else None
+    head = header_lines(manifest, results_dir, threads)
     figures = []
     if "md" in formats or "html" in formats:
         from .figures import write_figures
