@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import threading
 import traceback
 from pathlib import Path
 
 import click
 
-from .errors import MedbenchError
+from .errors import MedbenchError, Terminated
 
 
 class MedbenchGroup(click.Group):
@@ -27,10 +29,11 @@ class MedbenchGroup(click.Group):
             ctx.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except KeyboardInterrupt:
-            click.echo("interrupted: finished cells and trials are saved; rerun the same command to resume",
-                       err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{how}: finished cells and trials are saved; rerun the same command to "
+                       "resume", err=True)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:  # noqa: BLE001
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -344,7 +347,16 @@ def _add_plugin_commands() -> None:
                        f"{type(exc).__name__}: {exc}", err=True)
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
+    # SIGTERM (kill, a scheduler's time limit) stops a run as Ctrl-C does, keeping its
+    # finished cells; unless whoever started us chose to ignore it
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _raise_terminated)
     _add_plugin_commands()
     return cli.main(args=argv, prog_name="medbench")
 

@@ -28,3 +28,8 @@ class ResultsError(MedbenchError):
 class GeneratorDiverged(TrainingError):
     """A GAN's loss became NaN or Inf, or its samples collapsed to one image. The cells
     that needed it are recorded as failed with this reason and the suite goes on."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a batch scheduler's time limit): the run stops as on Ctrl-C,
+    keeping every finished cell and trial, and the CLI exits with code 143."""

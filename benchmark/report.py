@@ -36,6 +36,16 @@ def with_minority_recall(df: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, st
     return pd.concat([df, rows], ignore_index=True), minority
 
 
+def synthetic_only_arms(df: pd.DataFrame) -> list[str]:
+    """Arms whose every run trained on synthetic images alone (``train_on: synthetic``,
+    the TSTR arms), in run order."""
+    if not {"n_train_real", "n_synthetic"} <= set(df.columns) or df.empty:
+        return []
+    runs = df.sort_values("cell_order").drop_duplicates(["arm", "classifier", "seed", "fold"])
+    only = ((runs.n_train_real == 0) & (runs.n_synthetic > 0)).groupby(runs.arm, sort=False).all()
+    return [a for a, yes in only.items() if yes]
+
+
 def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Long table: arm, classifier, metric, mean, std, n (cells), ci95_low, ci95_high."""
     overall = df[(df["class"] == "") & (df["metric"].isin(metrics))]
@@ -290,6 +300,11 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     note = (f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
             "test fold(s); 95% confidence intervals of the means are in summary.csv." + (f" Minority recall: recall of `{minority}`, the "
                                "smallest class." if minority else ""))
+    tstr = synthetic_only_arms(df)
+    if tstr:
+        note += (" Trained on synthetic images only, as many per class as the real training "
+                 f"part has, and tested on real ones (TSTR): {', '.join(f'`{a}`' for a in tstr)}; "
+                 "beside `none` (trained on real, TRTR), their difference is TSTR minus TRTR.")
     if "md" in formats:
         parts = [f"# {manifest.get('suite')}: results", "", *head, ""]
         if data_line:

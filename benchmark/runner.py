@@ -23,7 +23,7 @@ from . import __version__, injection, metrics
 from .api import DatasetSpec
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
 from .data import ImageSet, conform, handle_duplicates
-from .errors import DataError, MedbenchError, PluginError
+from .errors import DataError, MedbenchError, PluginError, Terminated
 from .execution import CellWork, Prefit, default_threads
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .registry import registry
@@ -542,7 +542,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
         work.attach(Engine(loaded, ds, dev, out=out, reporter=reporter))
 
     def on_result(cell: Cell, result) -> None:
-        with sigint_deferred():        # Ctrl-C never cuts a cell's files in half
+        with signals_deferred():      # Ctrl-C or SIGTERM never cuts a cell's files in half
             _save_result(cell, result)
 
     def _save_result(cell: Cell, result) -> None:
@@ -593,20 +593,24 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
 
 
 @contextlib.contextmanager
-def sigint_deferred():
-    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise
-    it (main thread only; elsewhere signals cannot be handled and this does nothing)."""
+def signals_deferred():
+    """Hold a Ctrl-C or SIGTERM that arrives inside the block until the block is done,
+    then raise it (main thread only; elsewhere signals cannot be handled and this does
+    nothing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}   # e.g. a `cmd &` job
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if caught:
-        raise KeyboardInterrupt
+        raise Terminated() if signal.SIGTERM in caught else KeyboardInterrupt
 
 
 def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:

@@ -148,8 +148,13 @@ def test_full_disk_is_a_clear_error_and_keeps_finished_cells(write_suite, tmp_pa
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_sigint_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs):
+@pytest.mark.parametrize("jobs, signum, code, words", [
+    (1, signal.SIGINT, 130, "interrupted: finished cells"),
+    (2, signal.SIGINT, 130, "interrupted: finished cells"),
+    (2, signal.SIGTERM, 143, "terminated (SIGTERM): finished cells")])
+def test_a_signal_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs, signum,
+                                                      code, words):
+    # Ctrl-C, or SIGTERM (kill, a batch scheduler's time limit) sent to the driver
     # cells of a second or more (40 epochs), so that 7 of them cannot all finish between
     # the second "done" line and the signal; a cache of its own, so none is served from it
     suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
@@ -166,12 +171,12 @@ def test_sigint_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jobs
     for line in proc.stderr:
         lines.append(line)
         if "] done " in line and sum("] done " in x for x in lines) == 2:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             break
     rest = proc.stderr.read()
     proc.wait(timeout=120)
-    assert proc.returncode == 130, "".join(lines) + rest
-    assert "interrupted: finished cells" in rest and "Traceback" not in rest
+    assert proc.returncode == code, "".join(lines) + rest
+    assert words in rest and "Traceback" not in rest
     finished = len(list((out / "cells").glob("*.parquet")))
     assert 2 <= finished < 9
     # what finished is consolidated and nothing half-written is left

@@ -29,6 +29,12 @@ def test_tstr_arms_train_on_synthetic_images_only(write_suite, tmp_path):
     assert (trtr.n_synthetic == 0).all()
     # validation and test stay the real ones
     assert (tstr.n_val == trtr.n_val).all() and (tstr.n_test == trtr.n_test).all()
+    # the report says which arms trained on synthetic images only
+    r = CliRunner().invoke(cli, ["report", str(out), "--out", str(tmp_path / "rep"),
+                                 "--format", "md"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "summary.md").read_text()
+    assert "tested on real ones (TSTR): `over-tstr`; beside `none`" in text
 
 
 def test_train_on_synthetic_needs_a_generator(write_suite):
