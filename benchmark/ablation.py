@@ -149,7 +149,7 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
 def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results_root: Path,
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
-           echo=print, jobs: int = 1) -> list[Path]:
+           echo=print, jobs: int = 1, threads: int | None = None) -> list[Path]:
     from .runner import check_plugins, run_suite
     lv = levels(loaded, component, given, results_root)
     for level in lv:                       # every level's plugins before any work
@@ -163,7 +163,7 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
     for i, level in enumerate(lv, 1):
         echo(f"[level {i}/{len(lv)}] {level.label}")
         run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,
-                  device=device, command=command, jobs=jobs)
+                  device=device, command=command, jobs=jobs, threads=threads)
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)
 
@@ -191,7 +191,7 @@ def collect(root: Path, labels: list[str]) -> tuple[pd.DataFrame, list[dict]]:
 
 def write_ablation_report(root: Path, component: str, labels: list[str], values: list,
                           report_dir: Path, command: str | None) -> list[Path]:
-    from .report import LABELS, latex_table, md_table
+    from .report import LABELS, latex_table, md_table, threads_used, threads_words
     df, manifests = collect(root, labels)
     metrics = list((manifests[0].get("report") or {}).get("metrics")
                    or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"])
@@ -214,7 +214,8 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
     head = [f"Made by: `{command or 'medbench ablate'}`",
             f"Suite `{m0.get('suite')}`, profile `{m0.get('profile') or 'none'}`; medbench "
             f"{m0.get('medbench')}, commit {commits}, torch {m0.get('torch')}, device "
-            f"{m0.get('device')}. Levels' results: `{root}/<level>`."]
+            f"{m0.get('device')}{threads_words(threads_used(df))}. Levels' results: "
+            f"`{root}/<level>`."]
     shown = pd.DataFrame({"level": table["level"], "runs": table["runs"],
                           "synthetic images": [f"{x:.0f}" if np.isfinite(x) else "n/a"
                                                for x in table["synthetic"]]})

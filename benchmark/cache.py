@@ -107,12 +107,13 @@ def code_fingerprint(cls: type) -> str:
     return h.hexdigest()[:16]
 
 
-# Engine modules that only read finished results (tables, figures, statistics, image
-# quality, the cache's own command). No cell, fit or synthetic set imports them
-# (tests/test_cache.py walks the import graph to check), so editing them keeps the cache:
-# a change to a report does not refit every GAN.
+# Modules that only read finished results (tables, figures, statistics, image quality,
+# the cache's own command) or parse the command line (what it passes on, such as the
+# threads or tuned parameters, enters the keys as values). No cell, fit or synthetic set
+# imports them (tests/test_cache.py walks the import graph to check), so editing them
+# keeps the cache: a change to a report or to an option does not refit every GAN.
 READ_ONLY_MODULES = frozenset({"report.py", "figures.py", "html.py", "stats.py", "fidelity.py",
-                               "cache_cli.py"})
+                               "cache_cli.py", "cli.py", "__main__.py"})
 
 
 def code_version(*objs: Any) -> str:

@@ -54,6 +54,16 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+def _how_args(executor: str = "local", jobs: int = 1, threads: int | None = None,
+              device: str | None = None) -> list:
+    """The options that change the numbers (threads: each cell's torch threads follow
+    --jobs unless --threads is given) or where the work ran, so that a recorded command
+    repeats the run as it was."""
+    return [*(("--executor", executor) if executor != "local" else ()),
+            *(("--jobs", jobs) if jobs > 1 else ()), *(("--threads", threads) if threads else ()),
+            *(("--device", device) if device else ())]
+
+
 def _command_line(*args) -> str:
     """The command that reproduces this run, as a user would type it."""
     args = " ".join(shlex.quote(str(a)) for a in args if a is not None)
@@ -129,15 +139,7 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
             tag = Path(use_tuned).parent.name if use_tuned.endswith(".json") else use_tuned
             out = base_out.with_name(f"{base_out.name}-tuned-{tag}")
     out = out or base_out
-    # what changes the numbers (threads) or how the run went, so the recorded command repeats it
-    if executor != "local":
-        args += ["--executor", executor]
-    if jobs > 1:
-        args += ["--jobs", jobs]
-    if threads:
-        args += ["--threads", threads]
-    if device:
-        args += ["--device", device]
+    args += _how_args(executor, jobs, threads, device)
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
                    command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
                    threads=threads)
@@ -189,7 +191,7 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
     for name in names:
         args = ["tune", suite, *(("--profile", profile) if profile else ()), "--optimizer", name,
                 *(("--budget", budget) if budget else ()), *(("--time", seconds) if seconds else ()),
-                *(("--storage", storage) if storage else ())]
+                *(("--storage", storage) if storage else ()), *_how_args(device=device)]
         res = tune_suite(loaded, name, b, out, storage=storage, device=device, quiet=quiet,
                          command=_command_line(*args))
         if res.best is None:
@@ -222,9 +224,12 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
               help="Executor plugin: local, processes, ray.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells at once within each level (processes or ray).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads per cell (default: the cores shared out over --jobs).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, device, quiet):
+def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, threads, device,
+           quiet):
     """One run per level of a component with everything else fixed; writes a table and
     a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
     from .ablation import ablate as run_ablation
@@ -235,10 +240,11 @@ def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, d
     report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}"
     given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
     args = ["ablate", suite, "--component", component, *(("--levels", levels) if levels else ()),
-            *(("--profile", profile) if profile else ())]
+            *(("--profile", profile) if profile else ()),
+            *_how_args(executor, jobs, threads, device)]
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),
-                          echo=lambda m: click.echo(m, err=True), jobs=jobs):
+                          echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads):
         click.echo(f"wrote {p}")
 
 

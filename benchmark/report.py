@@ -251,9 +251,17 @@ def header_lines(manifest: dict, results_dir: Path, threads: list[int] | None = 
         f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
         f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
         f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "
-        f"device {manifest.get('device')}"
-        + (f", {'/'.join(map(str, threads))} torch thread(s) per cell." if threads else "."),
+        f"device {manifest.get('device')}{threads_words(threads)}.",
     ]
+
+
+def threads_used(df: pd.DataFrame) -> list[int] | None:
+    """The torch thread counts the cells of a results table ran with (older tables: None)."""
+    return sorted({int(t) for t in df["threads"].dropna()}) if "threads" in df else None
+
+
+def threads_words(threads: list[int] | None) -> str:
+    return f", {'/'.join(map(str, threads))} torch thread(s) per cell" if threads else ""
 
 
 def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = None,
@@ -280,8 +288,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     table = marked(wide(summary), sig)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    threads = sorted({int(t) for t in df["threads"].dropna()}) if "threads" in df else None
-    head = header_lines(manifest, results_dir, threads)
+    head = header_lines(manifest, results_dir, threads_used(df))
     figures = []
     if "md" in formats or "html" in formats:
         from .figures import write_figures

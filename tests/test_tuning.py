@@ -203,7 +203,7 @@ def test_ablate_siir_writes_table_and_figure(write_suite, tmp_path):
     path = write_suite(tune_suite_dict())
     out, rep = tmp_path / "res", tmp_path / "rep"
     r = _invoke("ablate", path, "--component", "siir", "--levels", "0,0.25,0.5", "--out", out,
-                "--report-dir", rep, "-q")
+                "--report-dir", rep, "--threads", "1", "-q")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(rep / "ablation.csv", comment="#")
     assert list(table.level) == ["siir=0", "siir=0.25", "siir=0.5"]
@@ -211,12 +211,14 @@ def test_ablate_siir_writes_table_and_figure(write_suite, tmp_path):
     assert (table.runs == 3).all() and table.accuracy_mean.between(0, 1).all()
     md = (rep / "ablation.md").read_text()
     assert "medbench ablate" in md and "--component siir" in md
+    # the numbers depend on the threads: the recorded command keeps them, and says so
+    assert "--levels 0,0.25,0.5 --threads 1`" in md and "1 torch thread(s) per cell" in md
     for ext in ("png", "pdf"):
         assert (rep / f"ablation.{ext}").stat().st_size > 1000
     first = {p.name: p.read_bytes() for p in rep.iterdir()}
     # a rerun trains nothing and rewrites the same files
     r = _invoke("ablate", path, "--component", "siir", "--levels", "0,0.25,0.5", "--out", out,
-                "--report-dir", rep)
+                "--report-dir", rep, "--threads", "1")
     assert r.exit_code == 0 and r.output.count("3 of 3 cells already done") == 3
     assert first == {p.name: p.read_bytes() for p in rep.iterdir()}
 
