@@ -150,3 +150,26 @@ def test_quick_suite_runs_offline_and_beats_chance(quick_runs):
     # 3 classes, 6:2:1: a majority-class guess has balanced accuracy 1/3 and AUC 0.5
     assert (mean["balanced_accuracy"] > 0.45).all(), mean["balanced_accuracy"]
     assert (mean["roc_auc"] > 0.7).all(), mean["roc_auc"]
+
+
+def test_git_commit_is_dirty_for_changed_code_but_not_for_written_reports(tmp_path):
+    from medbench.runner import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "benchmark" / "engine.py").write_text("x = 1\n")
+    (tmp_path / "reports" / "summary.md").write_text("old table\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    here = tmp_path / "benchmark"
+    clean = git_commit(here)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "reports" / "summary.md").write_text("a regenerated table\n")
+    assert git_commit(here) == clean              # medbench's own output: still clean
+    (tmp_path / "benchmark" / "engine.py").write_text("x = 2\n")
+    assert git_commit(here) == clean + "-dirty"
