@@ -191,7 +191,7 @@ def collect(root: Path, labels: list[str]) -> tuple[pd.DataFrame, list[dict]]:
 
 def write_ablation_report(root: Path, component: str, labels: list[str], values: list,
                           report_dir: Path, command: str | None) -> list[Path]:
-    from .report import LABELS, latex_table, md_table, threads_used, threads_words
+    from .report import LABELS, latex_table, md_table, threads_words
     df, manifests = collect(root, labels)
     metrics = list((manifests[0].get("report") or {}).get("metrics")
                    or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"])
@@ -214,7 +214,7 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
     head = [f"Made by: `{command or 'medbench ablate'}`",
             f"Suite `{m0.get('suite')}`, profile `{m0.get('profile') or 'none'}`; medbench "
             f"{m0.get('medbench')}, commit {commits}, torch {m0.get('torch')}, device "
-            f"{m0.get('device')}{threads_words(threads_used(df))}. Levels' results: "
+            f"{m0.get('device')}{threads_words(df)}. Levels' results: "
             f"`{root}/<level>`."]
     shown = pd.DataFrame({"level": table["level"], "runs": table["runs"],
                           "synthetic images": [f"{x:.0f}" if np.isfinite(x) else "n/a"

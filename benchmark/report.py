@@ -242,25 +242,25 @@ def _fidelity_md(results_dir: Path, df: pd.DataFrame, data: dict) -> list[str]:
             "scale. Extractor: " + "; ".join(extractors) + "." + made_by, "", md_table(table), ""]
 
 
-def header_lines(manifest: dict, results_dir: Path, threads: list[int] | None = None) -> list[str]:
+def header_lines(manifest: dict, results_dir: Path, df: pd.DataFrame | None = None) -> list[str]:
     """The command that made the results, and what they were made with (on a CPU the
-    numbers depend on torch's thread count: ``threads`` are those the cells used)."""
+    numbers depend on torch's thread count: that of the cells in ``df``)."""
     run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
     return [
         f"Made by: `{run_cmd}` then `medbench report {results_dir}`",
         f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
         f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
         f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "
-        f"device {manifest.get('device')}{threads_words(threads)}.",
+        f"device {manifest.get('device')}{threads_words(df)}.",
     ]
 
 
-def threads_used(df: pd.DataFrame) -> list[int] | None:
-    """The torch thread counts the cells of a results table ran with (older tables: None)."""
-    return sorted({int(t) for t in df["threads"].dropna()}) if "threads" in df else None
-
-
-def threads_words(threads: list[int] | None) -> str:
+def threads_words(df: pd.DataFrame | None) -> str:
+    """The header's thread phrase for the cells of a results table ("" for older tables,
+    which have no threads column)."""
+    if df is None or "threads" not in df:
+        return ""
+    threads = sorted({int(t) for t in df["threads"].dropna()})
     return f", {'/'.join(map(str, threads))} torch thread(s) per cell" if threads else ""
 
 
@@ -288,7 +288,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     table = marked(wide(summary), sig)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    head = header_lines(manifest, results_dir, threads_used(df))
+    head = header_lines(manifest, results_dir, df)
     figures = []
     if "md" in formats or "html" in formats:
         from .figures import write_figures
