@@ -14,28 +14,24 @@ Components and their default levels:
     classifier  the suite's classifiers
     pretrained  false, true
     synthetic   off (real images only), on
+
+The tables and figure of the levels are ``ablation_report``'s.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from .errors import PluginError, ResultsError, SuiteError
-from .files import atomic_text, atomic_write
-from .store import ResultsStore, safe_name
+from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report
+from .errors import PluginError, SuiteError
+from .registry import registry
+from .engine import check_plugins
+from .runner import run_suite
+from .store import safe_name
 from .suite import LoadedSuite
 from .tuning import _entry, apply_params, derived, subject_of, tuned_params
-
-COMPONENTS = ("siir", "generator", "injection", "optimizer", "classifier", "pretrained",
-              "synthetic")
-NUMERIC = ("siir",)
 
 
 @dataclass
@@ -150,14 +146,12 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
            echo=print, jobs: int = 1, threads: int | None = None) -> list[Path]:
-    from .runner import check_plugins, run_suite
     lv = levels(loaded, component, given, results_root)
     for level in lv:                       # every level's plugins before any work
         check_plugins(level.loaded)
         clf = level.loaded.suite.classifiers[0]
         if component == "pretrained" and level.value:
-            from .registry import registry
-            if not getattr(registry().get("classifiers", clf.name).obj, "supports_pretrained", False):
+            if not registry().get("classifiers", clf.name).obj.supports_pretrained:
                 raise PluginError(f"classifier {clf.name!r} has no pretrained weights to ablate")
     root = results_root / f"ablate-{component}"
     for i, level in enumerate(lv, 1):
@@ -166,117 +160,3 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
                   device=device, command=command, jobs=jobs, threads=threads)
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)
-
-
-def collect(root: Path, labels: list[str]) -> tuple[pd.DataFrame, list[dict]]:
-    from .report import with_minority_recall
-    frames, manifests = [], []
-    for label in labels:
-        folder = root / safe_name(label)
-        store = ResultsStore(folder)
-        try:
-            df = store.load()
-        except ResultsError:
-            continue
-        manifests.append(store.manifest())
-        data = json.loads((folder / "data_report.json").read_text())
-        df, _ = with_minority_recall(df, data)
-        df = df.copy()
-        df["level"] = label
-        frames.append(df)
-    if not frames:
-        raise ResultsError(f"no level of {root} has finished cells")
-    return pd.concat(frames, ignore_index=True), manifests
-
-
-def write_ablation_report(root: Path, component: str, labels: list[str], values: list,
-                          report_dir: Path, command: str | None) -> list[Path]:
-    from .report import LABELS, latex_table, md_table, threads_words
-    df, manifests = collect(root, labels)
-    metrics = list((manifests[0].get("report") or {}).get("metrics")
-                   or ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"])
-    overall = df[(df["class"] == "") & df["metric"].isin(metrics)]
-    rows = []
-    for label, value in zip(labels, values):
-        sub = overall[overall["level"] == label]
-        cells = df[df["level"] == label].drop_duplicates(["seed", "fold"])
-        row = {"level": label, "value": value, "runs": int(len(cells)),
-               "synthetic": float(cells["n_synthetic"].mean()) if len(cells) else math.nan}
-        for m in metrics:
-            v = sub.loc[sub["metric"] == m, "value"].to_numpy(dtype=float)
-            row[f"{m}_mean"] = float(v.mean()) if len(v) else math.nan
-            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0 if len(v) else math.nan
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    m0 = manifests[0]
-    commits = ", ".join(sorted({m.get("git_commit", "?") for m in manifests}))
-    head = [f"Made by: `{command or 'medbench ablate'}`",
-            f"Suite `{m0.get('suite')}`, profile `{m0.get('profile') or 'none'}`; medbench "
-            f"{m0.get('medbench')}, commit {commits}, torch {m0.get('torch')}, device "
-            f"{m0.get('device')}{threads_words(df)}. Levels' results: "
-            f"`{root}/<level>`."]
-    shown = pd.DataFrame({"level": table["level"], "runs": table["runs"],
-                          "synthetic images": [f"{x:.0f}" if np.isfinite(x) else "n/a"
-                                               for x in table["synthetic"]]})
-    for m in metrics:
-        shown[LABELS.get(m, m)] = [f"{a:.4f} ± {b:.4f}" if np.isfinite(a) else "n/a"
-                                   for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
-    written = []
-    p = report_dir / "ablation.md"
-    atomic_text(p, "\n".join([f"# {m0.get('suite')}: ablation of {component}", "", *head, "",
-                              "Mean ± standard deviation over (seed, fold) runs on the real test "
-                              "fold(s); synthetic images: mean number added to a training part.",
-                              "", md_table(shown), "", "![ablation](ablation.png)", ""]))
-    written.append(p)
-    p = report_dir / "ablation.csv"
-    atomic_text(p, "# " + "\n# ".join(head) + "\n" + table.to_csv(index=False, float_format="%.6f"))
-    written.append(p)
-    p = report_dir / "ablation.tex"
-    atomic_text(p, "% " + "\n% ".join(head) + "\n"
-                + latex_table(shown, f"{m0.get('suite')}: ablation of {component}"))
-    written.append(p)
-    written += plot_ablation(report_dir / "ablation", component, table, metrics)
-    return written
-
-
-def plot_ablation(stem: Path, component: str, table: pd.DataFrame, metrics: list[str]) -> list[Path]:
-    """Each metric against the level with standard-deviation error bars: a line over
-    numeric levels (SIIR), grouped bars otherwise."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .report import LABELS
-    shown = [m for m in ("accuracy", "macro_f1", "minority_recall", "balanced_accuracy")
-             if m in metrics][:3] or metrics[:2]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    if component in NUMERIC:
-        x = table["value"].astype(float).to_numpy()
-        for m in shown:
-            ax.errorbar(x, table[f"{m}_mean"], yerr=table[f"{m}_std"], marker="o", capsize=3,
-                        label=LABELS.get(m, m))
-        ax.set_xlabel(component.upper() if component == "siir" else component)
-        ax.set_xticks(x)
-    else:
-        x = np.arange(len(table))
-        w = 0.8 / len(shown)
-        for i, m in enumerate(shown):
-            ax.bar(x + (i - (len(shown) - 1) / 2) * w, table[f"{m}_mean"], w,
-                   yerr=table[f"{m}_std"], capsize=3, label=LABELS.get(m, m))
-        ax.set_xticks(x)
-        ax.set_xticklabels([str(v) for v in table["value"]], rotation=20)
-        ax.set_xlabel(component)
-    ax.set_ylabel("test fold, mean ± std")
-    ax.set_title(f"ablation of {component}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = []
-    for fmt in ("png", "pdf"):
-        p = stem.with_suffix(f".{fmt}")
-        # fixed metadata so a rerun writes the same bytes
-        meta = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
-        atomic_write(p, lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, metadata=meta))
-        out.append(p)
-    plt.close(fig)
-    return out

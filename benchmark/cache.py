@@ -112,7 +112,8 @@ def code_fingerprint(cls: type) -> str:
 # threads or tuned parameters, enters the keys as values). No cell, fit or synthetic set
 # imports them (tests/test_cache.py walks the import graph to check), so editing them
 # keeps the cache: a change to a report or to an option does not refit every GAN.
-READ_ONLY_MODULES = frozenset({"report.py", "figures.py", "html.py", "stats.py", "fidelity.py",
+READ_ONLY_MODULES = frozenset({"report.py", "tables.py", "figures.py", "html.py",
+                               "ablation_report.py", "stats.py", "fidelity.py", "extractors.py",
                                "cache_cli.py", "cli.py", "__main__.py"})
 
 
@@ -440,10 +441,6 @@ class SyntheticCache:
                      generator: str = "") -> dict:
         return {"v": SYNTHETIC_VERSION, "generator_key": generator_key, "generator": generator,
                 "class": int(class_index), "n": int(n), "code": code}
-
-    def key(self, generator_key: str, class_index: int, n: int, code: str = "",
-            generator: str = "") -> str:
-        return content_key(self.describe_key(generator_key, class_index, n, code, generator))
 
     def load(self, key: str, shape: tuple | None = None):
         """(images, notes), or None. With ``shape`` (C, H, W) an entry of another shape

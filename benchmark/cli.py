@@ -1,4 +1,9 @@
-"""The ``medbench`` command line."""
+"""The ``medbench`` command line.
+
+Each command imports the modules it needs inside its own function, not at the top of
+this file: ``medbench --help``, ``medbench plugins`` or a refused suite then start
+without loading torch, pandas and the whole engine (a second or more on a small
+machine). Every other module of medbench imports at the top."""
 
 from __future__ import annotations
 
@@ -77,7 +82,7 @@ def _command_line(*args) -> str:
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
 def validate(suite, profile):
     """Check a suite file against the schema and its plugin names."""
-    from .runner import check_plugins, count_folds, expand_cells
+    from .engine import check_plugins, count_folds, expand_cells
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     check_plugins(loaded)
@@ -120,7 +125,7 @@ def _default_out(loaded, profile) -> Path:
 def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use_tuned,
         quiet):
     """Run a suite; finished cells are kept, so rerunning resumes."""
-    from .report import summarize, wide, with_minority_recall
+    from .tables import summarize, wide, with_minority_recall
     from .runner import run_suite
     from .suite import load_suite
     loaded = load_suite(suite, profile)
@@ -327,7 +332,7 @@ def plugins():
         t.add_column(c)
     for info in reg.all():
         t.add_row(info.name, info.kind[:-1], info.package, info.version,
-                  str(getattr(info.obj, "description", "") or ""))
+                  str(info.obj.description or ""))
     Console(width=max(120, Console().width)).print(t)
     for line in reg.failures:
         click.echo(f"skipped: {line}", err=True)

@@ -13,6 +13,12 @@ class PluginError(MedbenchError):
     """An unknown plugin name, or a plugin that cannot be used as asked."""
 
 
+class ParameterError(SuiteError, PluginError):
+    """A plugin parameter the plugin does not take, or a value it cannot use. Every kind
+    of plugin raises this one type (through ``medbench.api.check_params`` or its own
+    checks), so ``medbench validate`` reports them all alike."""
+
+
 class DataError(MedbenchError):
     """Missing data, unreadable images, wrong shapes, too few images in a class."""
 

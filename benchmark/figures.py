@@ -7,10 +7,10 @@
   fold) beside a grid of real training images of the class (``real.png``, written by
   ``generators.write_generator_artifacts``);
 - per ``<results>/ablate-<component>/``: the ablation table and figure, written by
-  ``ablation.write_ablation_report`` into ``<report>/ablate-<component>/``.
+  ``ablation_report.write_ablation_report`` into ``<report>/ablate-<component>/``.
 
 Everything is drawn from files of the results folder alone and saved with fixed
-metadata, so rerunning the report rewrites the same bytes.
+metadata (plotting.save_figure), so rerunning the report rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
+from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report
 from .errors import ResultsError
-from .files import atomic_write
+from .metrics import predict
+from .plotting import loss_series, pyplot, save_figure
 from .store import ResultsStore, safe_name
+from .tables import cell_predictions
 
 FIG_DIR = "figures"
 DPI = 110
@@ -45,41 +50,6 @@ class Figure:
         return [self.png] + ([self.pdf] if self.pdf else []) + self.extra
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _png_256(fig, path) -> None:
-    """The PNG with an adaptive palette of 256 colours: plots lose nothing visible, and a
-    page of image grids (embedded in report.html) becomes a third of the size."""
-    import io
-
-    from PIL import Image
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    with Image.open(buf) as im:
-        im.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
-
-
-def _save(fig, stem: Path) -> tuple[Path, Path]:
-    """PNG and PDF of ``fig`` with metadata that does not change between runs."""
-    out = []
-    for fmt in ("png", "pdf"):
-        p = stem.with_suffix(f".{fmt}")
-        if fmt == "png":
-            atomic_write(p, lambda f: _png_256(fig, f))
-        else:
-            meta = {"CreationDate": None, "Producer": None}
-            atomic_write(p, lambda f, meta=meta: fig.savefig(f, format="pdf", metadata=meta,
-                                                             dpi=DPI))
-        out.append(p)
-    _plt().close(fig)
-    return out[0], out[1]
-
-
 def _titled(fig, title: str) -> None:
     """A figure title above the panels: tight_layout alone lets it overlap their titles."""
     fig.suptitle(title, fontsize=10)
@@ -95,7 +65,6 @@ def _short(text: str, n: int = 14) -> str:
 def pooled_predictions(store: ResultsStore, df: pd.DataFrame) -> dict:
     """(arm, classifier) -> list of (y_true, probs, threshold) over the cells whose
     predictions are stored, in cell order."""
-    from .report import cell_predictions
     out: dict = {}
     for row, p in cell_predictions(store, df):
         t = getattr(row, "threshold", np.nan)
@@ -117,8 +86,7 @@ def _class_names(data: dict, k: int) -> list[str]:
 
 
 def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
-    from .metrics import predict
-    plt = _plt()
+    plt = pyplot()
     figs = []
     for clf, arms, k in _per_classifier(preds):
         names = [_short(n) for n in _class_names(data, k)]
@@ -155,7 +123,7 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
         for ax in list(axes.flat)[len(arms):]:
             ax.axis("off")
         _titled(fig, f"{clf}: confusion matrices")
-        png, pdf = _save(fig, out / f"confusion-{safe_name(clf)}")
+        png, pdf = save_figure(fig, out / f"confusion-{safe_name(clf)}", dpi=DPI)
         figs.append(Figure(
             "confusion", f"Confusion matrices, {clf}",
             f"Test predictions of {clf} summed over each arm's runs (up to {runs}); each row "
@@ -177,8 +145,7 @@ def _focus_class(data: dict, k: int, ys: list[np.ndarray]) -> int:
 
 
 def curve_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-    plt = _plt()
+    plt = pyplot()
     figs = []
     for clf, arms, k in _per_classifier(preds):
         focus = _focus_class(data, k, [y for a in arms for y, _, _ in preds[(a, clf)]])
@@ -209,7 +176,7 @@ def curve_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
                 ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "best")
         vs = "positive class" if k == 2 else "one-vs-rest, the smallest class"
         _titled(fig, f"{clf}: class {name!r} ({vs})")
-        png, pdf = _save(fig, out / f"roc-pr-{safe_name(clf)}")
+        png, pdf = save_figure(fig, out / f"roc-pr-{safe_name(clf)}", dpi=DPI)
         figs.append(Figure(
             "curves", f"ROC and precision-recall curves, {clf}",
             f"Class {name!r} ({vs}) on the test predictions of {clf} pooled over each arm's "
@@ -220,7 +187,6 @@ def curve_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
 
 # ------------------------------------------------------------------ generators
 def _image(path: Path) -> np.ndarray:
-    from PIL import Image
     with Image.open(path) as im:
         return np.asarray(im.convert("L" if im.mode in ("1", "L", "I", "I;16") else "RGB"))
 
@@ -277,14 +243,17 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 def _loss_panel(ax, losses: Path, title: str) -> None:
+    """Every loss series of a losses.csv (plotting.loss_series of its numeric columns)
+    against the step, stage boundaries dashed."""
     hist = pd.read_csv(losses)
     steps = np.arange(1, len(hist) + 1)
-    for key, label in (("d_loss", "discriminator / critic"), ("g_loss", "generator")):
-        if key in hist:
-            v = pd.to_numeric(hist[key], errors="coerce").to_numpy(dtype=float)
-            w = max(1, len(v) // 100)      # moving mean over w steps
-            ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"),
-                    lw=1, label=label, marker="o" if len(v) < 30 else None, ms=3)
+    numeric = [c for c in hist.columns if pd.api.types.is_numeric_dtype(hist[c])
+               and not pd.api.types.is_bool_dtype(hist[c])]
+    for key, label in loss_series(numeric):
+        v = pd.to_numeric(hist[key], errors="coerce").to_numpy(dtype=float)
+        w = max(1, len(v) // 100)      # moving mean over w steps
+        ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"),
+                lw=1, label=label, marker="o" if len(v) < 30 else None, ms=3)
     if "stage" in hist:
         st = hist["stage"].to_numpy()
         for s in np.flatnonzero(st[1:] != st[:-1]) + 1:
@@ -308,7 +277,7 @@ def gallery_figure(runs: dict, out: Path, tile: int | None = None) -> list[Figur
     runs = {k: v for k, v in runs.items() if k[1] != "all" and any(v[0].glob("samples_*.png"))}
     if not runs:
         return []
-    plt = _plt()
+    plt = pyplot()
     classes = sorted({c for _, c in runs})
     gens = sorted({g for g, _ in runs})
     cols = ["real"] + gens
@@ -333,7 +302,7 @@ def gallery_figure(runs: dict, out: Path, tile: int | None = None) -> list[Figur
             if c == 0:
                 ax.set_ylabel(_short(cls, 18), fontsize=8)
     fig.tight_layout()
-    png, pdf = _save(fig, out / "gan-gallery")
+    png, pdf = save_figure(fig, out / "gan-gallery", dpi=DPI)
     return [Figure("gan", "Synthetic images beside real ones, per class",
                    "Each row is a class the generators filled: 16 real training images of "
                    "the first (seed, fold), then 16 images of the last sample grid (fixed "
@@ -345,7 +314,7 @@ def gan_figures(runs: dict, out: Path) -> list[Figure]:
     """Per generator and class: losses, its last sample grid and real images. A
     generator fitted per class for more than 2 classes gets one figure of loss curves,
     a panel per class, instead (its samples are in the gallery)."""
-    plt = _plt()
+    plt = pyplot()
     figs = []
     many = {g for g in {g for g, _ in runs}
             if sum(1 for g2, c in runs if g2 == g and c != "all") > 2}
@@ -362,7 +331,7 @@ def gan_figures(runs: dict, out: Path) -> list[Figure]:
         for ax in list(axes.flat)[len(items):]:
             ax.axis("off")
         _titled(fig, f"{gen}: losses per class")
-        png, pdf = _save(fig, out / f"gan-{safe_name(gen)}-losses")
+        png, pdf = save_figure(fig, out / f"gan-{safe_name(gen)}-losses", dpi=DPI)
         figs.append(Figure("gan", f"{gen}, losses per class",
                            f"{gen}, one model per class: discriminator and generator losses "
                            "per step (moving mean) of each class's model of the first (seed, "
@@ -394,7 +363,7 @@ def gan_figures(runs: dict, out: Path) -> list[Figure]:
                              else "real training images", fontsize=8)
         what = "all classes" if cls == "all" else f"class {cls}"
         _titled(fig, f"{gen}, {what}")
-        png, pdf = _save(fig, out / f"gan-{safe_name(gen)}-{safe_name(cls)}")
+        png, pdf = save_figure(fig, out / f"gan-{safe_name(gen)}-{safe_name(cls)}", dpi=DPI)
         figs.append(Figure(
             "gan", f"{gen}, {what}",
             f"{gen} for {what}, model of {seed_fold}: discriminator and generator "
@@ -419,8 +388,7 @@ def _level_value(component: str, label: str):
 
 def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
     """Tables and figure of every ``<results>/ablate-<component>/`` into
-    ``<report>/ablate-<component>/`` (ablation.write_ablation_report)."""
-    from .ablation import COMPONENTS, NUMERIC, write_ablation_report
+    ``<report>/ablate-<component>/`` (ablation_report.write_ablation_report)."""
     figs = []
     for root in sorted(results_dir.glob("ablate-*")):
         component = root.name[len("ablate-"):]

@@ -8,10 +8,11 @@ generator's name, package version and parameters, the seed, the medbench version
 the source code of the generator (its class's modules and the helper modules of the
 same package they use, ``code_fingerprint``), so an edited plugin never reuses models
 fitted by its older self. An entry made under any other value of these is never used;
-a damaged or unreadable entry is refitted and overwritten. Only generators that can save
-a state (``state_dict`` / ``load_state_dict``) are cached; SMOTE and oversampling are
-cheaper to redo than to store (their drawn images may be, see ``SyntheticCache``). A
-divergence is cached too, and raised again instead of fitting the same model anew.
+a damaged or unreadable entry is refitted and overwritten. Only generators that declare
+``cacheable`` (their ``state_dict`` / ``load_state_dict`` capture the fitted model) are
+cached; SMOTE and oversampling are cheaper to redo than to store (their drawn images may
+be, see ``SyntheticCache``). A divergence is cached too, and raised again instead of
+fitting the same model anew.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import __version__
 from .cache import Cache, code_fingerprint, content_key
 from .errors import GeneratorDiverged
 from .files import atomic_text, atomic_write
+from .plotting import loss_series, pyplot, save_figure
 from .store import safe_name
 
 __all__ = ["GeneratorCache", "GeneratorDiverged", "code_fingerprint", "write_generator_artifacts"]
@@ -66,8 +68,8 @@ class GeneratorCache:
 
     @staticmethod
     def cacheable(obj: Any) -> bool:
-        return callable(getattr(obj, "state_dict", None)) and \
-            callable(getattr(obj, "load_state_dict", None))
+        """Whether a generator class (or instance) keeps its fits in the cache."""
+        return bool(obj.cacheable)
 
     def load(self, key: str, info, params: dict, device: str):
         """The cached generator, or None. A cached divergence is raised again."""
@@ -122,8 +124,8 @@ def write_generator_artifacts(out: Path, generator_name: str, params: dict, key:
                 return folder
         except (OSError, ValueError):
             pass
-    history = list(getattr(g, "history", []) or [])
-    grids = list(getattr(g, "grids", []) or [])
+    history = list(g.history)
+    grids = list(g.grids)
     if history:
         buf = io.StringIO()
         cols = list(dict.fromkeys(k for row in history for k in row))
@@ -138,7 +140,7 @@ def write_generator_artifacts(out: Path, generator_name: str, params: dict, key:
         _grid_png(folder / "real.png", _real_grid(real[0], real[1], class_name is None))
     info = {"key": key, "generator": generator_name, "params": params, "seed": seed,
             "fold": fold, "class": class_name, "source": source,
-            "notes": list(getattr(g, "notes", []) or []), "steps": len(history),
+            "notes": list(g.notes), "steps": len(history),
             "grids": [label for label, _ in grids]}
     atomic_text(info_path, json.dumps(info, indent=2, default=str))
     return folder
@@ -178,14 +180,14 @@ def _grid_png(path: Path, images: torch.Tensor) -> None:
 
 
 def _loss_plot(path: Path, history: list[dict], name: str, class_name: str | None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Every named series of the loss log against the step (smoothed over about a
+    hundredth of the run), stage boundaries dashed."""
+    plt = pyplot()
     steps = np.arange(1, len(history) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    for key, label in (("d_loss", "discriminator / critic"), ("g_loss", "generator")):
-        vals = np.array([row.get(key, np.nan) for row in history], dtype=float)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    for key, label in loss_series(columns):
+        vals = np.array([_number(row.get(key)) for row in history], dtype=float)
         if np.isfinite(vals).any():
             k = max(1, len(vals) // 100)
             smooth = np.convolve(vals, np.ones(k) / k, mode="same") if k > 1 else vals
@@ -199,5 +201,11 @@ def _loss_plot(path: Path, history: list[dict], name: str, class_name: str | Non
     ax.set_title(f"{name}" + (f", class {class_name}" if class_name else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, format="png"))
-    plt.close(fig)
+    save_figure(fig, path.with_suffix(""), formats=("png",))
+
+
+def _number(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -47,5 +47,17 @@ def register_executors(register):
 
 
 @hookspec
+def register_injections(register):
+    """Register injection policies (how many synthetic images each class receives):
+    ``register(name, policy)`` with a ``medbench.api.InjectionPolicy`` instance."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register classification metrics: ``register(name, metric)`` with a
+    ``medbench.api.Metric`` instance."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``medbench`` command group: ``cli.add_command(cmd)``."""

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .files import atomic_text
-from .report import DIFF_CAPTION, MCNEMAR_CAPTION, _fmt, significance_tables
+from .tables import DIFF_CAPTION, MCNEMAR_CAPTION, _fmt, fidelity_table, significance_tables
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -59,7 +57,7 @@ def table_html(t: pd.DataFrame) -> str:
 
 
 def significance_html(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
-    """The tables of the Markdown report (report.significance_tables), as HTML."""
+    """The tables of the Markdown report (tables.significance_tables), as HTML."""
     note, diff, mc = significance_tables(sig, mcn, metrics)
     out = [f'<p class="note">{_inline(note)}</p>', f"<p>{_inline(DIFF_CAPTION)}</p>",
            table_html(diff)]
@@ -72,56 +70,6 @@ def _inline(text: str) -> str:
     """Escaped text with Markdown `code` spans as <code>."""
     parts = html.escape(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-# ------------------------------------------------------------------ fidelity
-FIDELITY_SHOWN = [("n_real", "real images"), ("n_synthetic", "synthetic images"),
-                  ("n_test_real", "real test images"), ("fid", "FID"),
-                  ("kid_mean", "KID"), ("kid_std", "KID std"), ("isc_mean", "IS"),
-                  ("precision", "precision"), ("recall", "recall"),
-                  ("fid_real_vs_real", "FID real vs real"), ("kid_real_vs_real", "KID real vs real")]
-
-
-def _num(v: float) -> str:
-    if not np.isfinite(v):
-        return "n/a"
-    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
-
-
-def fidelity_table(path: Path, arms: list[str], classes: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Mean over (seed, fold) per arm, generator and class of ``fidelity.csv``, and the
-    feature extractors named in it. Lines starting with # are comments; missing columns
-    are left out."""
-    text = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
-                     if not line.startswith("#"))
-    keys = ["arm", "generator", "class"]
-    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    if raw.empty or "arm" not in raw:
-        return pd.DataFrame(), []
-    keys = [k for k in keys if k in raw]
-    extractors = sorted(set(raw["extractor"]) - {""}) if "extractor" in raw else []
-    shown = [(c, label) for c, label in FIDELITY_SHOWN if c in raw]
-    for c, _ in shown:
-        raw[c] = pd.to_numeric(raw[c], errors="coerce")
-    runs = (raw.groupby(keys, sort=False)[["seed", "fold"]].apply(lambda g: len(g.drop_duplicates()))
-            if {"seed", "fold"} <= set(raw) else raw.groupby(keys, sort=False).size())
-    means = raw.groupby(keys, sort=False)[[c for c, _ in shown]].mean()
-    means.insert(0, "runs", runs)
-    means = means.reset_index()
-    a = {x: i for i, x in enumerate(arms)}
-    k = {x: i for i, x in enumerate(classes)}
-    means["_a"] = means["arm"].map(lambda x: a.get(x, len(a)))
-    if "class" in means:
-        means["_k"] = means["class"].map(lambda x: k.get(x, len(k)))
-    means = means.sort_values([c for c in ("_a", "generator", "_k") if c in means], kind="stable")
-    out = pd.DataFrame({key: means[key] for key in keys})
-    out["runs"] = means["runs"].astype(int)
-    for c, label in shown:
-        if c.startswith("n_"):
-            out[label] = [f"{v:.0f}" if np.isfinite(v) else "n/a" for v in means[c]]
-        else:
-            out[label] = [_num(v) for v in means[c]]
-    return out.reset_index(drop=True), extractors
 
 
 # ------------------------------------------------------------------ page

@@ -1,4 +1,7 @@
-"""Classification metrics on a real test fold, as tidy (metric, class, value) rows."""
+"""Classification metrics on a real test fold, as tidy (metric, class, value) rows.
+
+Metrics are plugins (``register_metrics``, each a ``medbench.api.Metric``); the built-in
+ones are registered from this module, so an outside package adds one the same way."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import numpy as np
 from sklearn.metrics import (average_precision_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
-
-# whole-set metrics (one number per cell): what a tuning objective can be
-SCALAR = ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",
-          "roc_auc", "pr_auc")
+from .api import Metric
+from .errors import PluginError
+from .hookspecs import hookimpl
+from .registry import registry
 
 
 def tune_threshold(y_val: np.ndarray, p_val: np.ndarray) -> float:
@@ -31,66 +34,106 @@ def predict(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
     return probs.argmax(1)
 
 
+class Scores:
+    """What every metric of one test fold reads, worked out once: labels, probabilities,
+    predictions, the confusion matrix and the per-class rates.
+
+    Recall and F1 are NaN for a class absent from the test fold, and the macro averages
+    run over the classes present (as balanced accuracy and AUC do)."""
+
+    def __init__(self, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                 threshold: float | None = None):
+        self.y_true, self.probs, self.classes = y_true, probs, list(classes)
+        self.k = k = len(classes)
+        self.y_pred = predict(probs, threshold)
+        labels = np.arange(k)
+        self.cm = cm = confusion_matrix(y_true, self.y_pred, labels=labels)
+        n = cm.sum()
+        self.n = n
+        prec, rec, f1, _ = precision_recall_fscore_support(y_true, self.y_pred, labels=labels,
+                                                           zero_division=0)
+        self.tp = tp = np.diag(cm)
+        fp = cm.sum(0) - tp
+        fn = cm.sum(1) - tp
+        tn = n - tp - fp - fn
+        self.specificity = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
+        self.present = present = cm.sum(1) > 0
+        self.precision = prec
+        self.recall = np.where(present, rec, np.nan)
+        self.f1 = np.where(present, f1, np.nan)
+        self._auc: tuple[float, float] | None = None
+
+    def macro(self, values: np.ndarray) -> float:
+        return float(values[self.present].mean()) if self.present.any() else np.nan
+
+    def auc(self) -> tuple[float, float]:
+        """(ROC AUC, average precision): one-vs-rest macro averages when multi-class,
+        positive class 1 when binary; NaN when a class is absent from the fold."""
+        if self._auc is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._auc = _auc(self.y_true, self.probs, self.k)
+        return self._auc
+
+
+BUILTIN = {
+    "accuracy": Metric(lambda s: float(s.tp.sum() / max(s.n, 1)), "set", "share of test images right"),
+    "balanced_accuracy": Metric(lambda s: s.macro(s.recall), "set",
+                                "mean recall over the classes present"),
+    "macro_f1": Metric(lambda s: s.macro(s.f1), "set", "mean F1 over the classes present"),
+    "macro_precision": Metric(lambda s: s.macro(s.precision), "set",
+                              "mean precision over the classes present"),
+    "macro_recall": Metric(lambda s: s.macro(s.recall), "set", "mean recall over the classes present"),
+    "roc_auc": Metric(lambda s: s.auc()[0], "set", "area under the ROC curve (one-vs-rest macro)"),
+    "pr_auc": Metric(lambda s: s.auc()[1], "set", "average precision (one-vs-rest macro)"),
+    "precision": Metric(lambda s: s.precision, "class", "precision of each class"),
+    "recall": Metric(lambda s: s.recall, "class", "recall of each class (NaN if absent)"),
+    "f1": Metric(lambda s: s.f1, "class", "F1 of each class (NaN if absent)"),
+    "specificity": Metric(lambda s: s.specificity, "class", "specificity of each class"),
+    "confusion": Metric(lambda s: s.cm, "pair", "test images per (true, predicted) class pair"),
+}
+
+
+@hookimpl
+def register_metrics(register):
+    for name, metric in BUILTIN.items():
+        register(name, metric)
+
+
+def registered() -> dict[str, Metric]:
+    """Every metric plugin, by name, in registration order (built-ins first)."""
+    return {name: info.obj for name, info in registry().plugins["metrics"].items()}
+
+
+def scalar_metrics() -> list[str]:
+    """The metrics with one number per fold: what a tuning objective can be."""
+    return [name for name, m in registered().items() if m.per == "set"]
+
+
 def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], wanted: list[str],
             threshold: float | None = None) -> list[tuple[str, str, float]]:
-    """Rows of (metric, class, value); class is "" for whole-set metrics.
-
-    accuracy, balanced_accuracy, macro_f1/precision/recall (over the classes present in
-    the test fold); per class precision, recall, f1 (recall and f1 NaN for a class absent
-    from the test fold), specificity; roc_auc and pr_auc (one-vs-rest macro average when multi-class;
-    positive class 1 when binary; NaN when a class is absent from the test fold);
-    confusion: one row per (true, predicted) pair named "true->pred".
-    """
-    k = len(classes)
-    y_pred = predict(probs, threshold)
-    labels = np.arange(k)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    rows: list[tuple[str, str, float]] = []
+    """Rows of (metric, class, value) for the wanted metrics; class is "" for whole-set
+    metrics, the class name for per-class ones, "true->pred" for pair metrics. Rows come
+    whole-set metrics first, then class by class, then pairs, each in registration
+    order."""
+    table = registered()
+    unknown = [m for m in wanted if m not in table]
+    if unknown:
+        raise PluginError(f"unknown metric {unknown[0]!r}; available: {', '.join(table)}")
     want = set(wanted)
-    n = cm.sum()
-    prec, rec, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                       zero_division=0)
-    tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    tn = n - tp - fp - fn
-    spec = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
-    present = cm.sum(1) > 0
-    if "accuracy" in want:
-        rows.append(("accuracy", "", float(tp.sum() / max(n, 1))))
-    if "balanced_accuracy" in want:
-        rows.append(("balanced_accuracy", "", float(rec[present].mean()) if present.any() else np.nan))
-    # a class absent from the test fold has no recall or F1: those are NaN, and the
-    # macro averages run over the classes present (as balanced accuracy and AUC do)
-    rec = np.where(present, rec, np.nan)
-    f1 = np.where(present, f1, np.nan)
-    if "macro_f1" in want:
-        rows.append(("macro_f1", "", float(f1[present].mean()) if present.any() else np.nan))
-    if "macro_precision" in want:
-        rows.append(("macro_precision", "", float(prec[present].mean()) if present.any() else np.nan))
-    if "macro_recall" in want:
-        rows.append(("macro_recall", "", float(rec[present].mean()) if present.any() else np.nan))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if "roc_auc" in want or "pr_auc" in want:
-            auc, ap = _auc(y_true, probs, k)
-            if "roc_auc" in want:
-                rows.append(("roc_auc", "", auc))
-            if "pr_auc" in want:
-                rows.append(("pr_auc", "", ap))
-    for i, name in enumerate(classes):
-        if "precision" in want:
-            rows.append(("precision", name, float(prec[i])))
-        if "recall" in want:
-            rows.append(("recall", name, float(rec[i])))
-        if "f1" in want:
-            rows.append(("f1", name, float(f1[i])))
-        if "specificity" in want:
-            rows.append(("specificity", name, float(spec[i])))
-    if "confusion" in want:
-        for i in range(k):
-            for j in range(k):
-                rows.append(("confusion", f"{classes[i]}->{classes[j]}", float(cm[i, j])))
+    s = Scores(y_true, probs, classes, threshold)
+    chosen = {per: [(n, m) for n, m in table.items() if n in want and m.per == per]
+              for per in ("set", "class", "pair")}
+    rows: list[tuple[str, str, float]] = [(n, "", float(m.compute(s))) for n, m in chosen["set"]]
+    per_class = {n: np.asarray(m.compute(s), dtype=float) for n, m in chosen["class"]}
+    for i, cname in enumerate(s.classes):
+        for n, _ in chosen["class"]:
+            rows.append((n, cname, float(per_class[n][i])))
+    for n, m in chosen["pair"]:
+        values = np.asarray(m.compute(s), dtype=float)
+        for i in range(s.k):
+            for j in range(s.k):
+                rows.append((n, f"{s.classes[i]}->{s.classes[j]}", float(values[i, j])))
     return rows
 
 

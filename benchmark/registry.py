@@ -10,12 +10,24 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, api, hookspecs
 from .errors import PluginError
 
-KINDS = ("generators", "classifiers", "optimizers", "datasets", "executors")
+KINDS = ("generators", "classifiers", "optimizers", "datasets", "executors", "injections",
+         "metrics")
+
+# what each kind registers: a subclass of the class (the engine makes instances with
+# the suite's parameters), or an instance (stateless policies and metrics)
+CONTRACTS: dict[str, tuple[type, bool]] = {
+    "generators": (api.Generator, True), "classifiers": (api.Classifier, True),
+    "optimizers": (api.Optimizer, True), "datasets": (api.DatasetLoader, True),
+    "executors": (api.Executor, True), "injections": (api.InjectionPolicy, False),
+    "metrics": (api.Metric, False),
+}
 
 BUILTIN_MODULES = (
+    "medbench.injection",
+    "medbench.metrics",
     "medbench.plugins.classifiers.smallcnn",
     "medbench.plugins.classifiers.torchvision_models",
     "medbench.plugins.classifiers.resnet50v2",
@@ -68,11 +80,6 @@ class Registry:
 _REGISTRY: Registry | None = None
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def build_registry(entry_points: bool = True) -> Registry:
     """Register built-in modules, then the ``medbench`` entry points, in one
     PluginManager, and call every ``register_<kind>`` hook implementation."""
@@ -82,7 +89,7 @@ def build_registry(entry_points: bool = True) -> Registry:
     failures: list[str] = []
     for modname in BUILTIN_MODULES:
         pm.register(importlib.import_module(modname), name=modname)
-        origin[modname] = ("medbench", _version())
+        origin[modname] = ("medbench", __version__)
     if entry_points:
         for ep in md.entry_points(group=hookspecs.PROJECT):
             dist = getattr(ep, "dist", None)
@@ -105,6 +112,13 @@ def build_registry(entry_points: bool = True) -> Registry:
                          _ver=version) -> None:
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"{_module}: plugin names must be non-empty strings")
+                base, is_class = CONTRACTS[_kind]
+                ok = (isinstance(obj, type) and issubclass(obj, base)) if is_class \
+                    else isinstance(obj, base)
+                if not ok:
+                    what = "a subclass" if is_class else "an instance"
+                    raise PluginError(f"{_kind[:-1]} {name!r} from {_module} is not {what} of "
+                                      f"medbench.api.{base.__name__}")
                 prev = plugins[_kind].get(name)
                 if prev is not None and prev.module != _module:
                     raise PluginError(f"{_kind[:-1]} {name!r} from {_module} clashes with "

@@ -1,5 +1,9 @@
 """Tables from a results folder: mean +- std over folds and seeds per arm and classifier.
 
+This module writes the report's files (summary.md, .csv, .tex, significance.csv, and
+through ``figures`` and ``html`` the figures and report.html); the tables themselves are
+built in ``tables``.
+
 Output is deterministic (no timestamps), so rerunning ``medbench report`` on the same
 results gives the same files byte for byte.
 """
@@ -9,208 +13,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from .figures import write_figures
 from .files import atomic_text
-from .store import ResultsStore, safe_name
-
-LABELS = {
-    "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",
-    "macro_precision": "macro-P", "macro_recall": "macro-R", "roc_auc": "AUC",
-    "pr_auc": "PR-AUC", "test_loss": "test loss", "minority_recall": "minority recall",
-}
-
-
-def with_minority_recall(df: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, str | None]:
-    """Add ``minority_recall`` rows: the recall of the class with the fewest images (the
-    class an imbalance remedy is for), one per cell, beside the overall metrics."""
-    if not data.get("classes") or not data.get("counts"):
-        return df, None
-    minority = data["classes"][int(np.argmin(data["counts"]))]
-    rows = df[(df["metric"] == "recall") & (df["class"] == minority)].copy()
-    if rows.empty:
-        return df, None
-    rows["metric"] = "minority_recall"
-    rows["class"] = ""
-    return pd.concat([df, rows], ignore_index=True), minority
-
-
-def synthetic_only_arms(df: pd.DataFrame) -> list[str]:
-    """Arms whose every run trained on synthetic images alone (``train_on: synthetic``,
-    the TSTR arms), in run order."""
-    if not {"n_train_real", "n_synthetic"} <= set(df.columns) or df.empty:
-        return []
-    runs = df.sort_values("cell_order").drop_duplicates(["arm", "classifier", "seed", "fold"])
-    only = ((runs.n_train_real == 0) & (runs.n_synthetic > 0)).groupby(runs.arm, sort=False).all()
-    return [a for a, yes in only.items() if yes]
-
-
-def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Long table: arm, classifier, metric, mean, std, n (cells), ci95_low, ci95_high."""
-    overall = df[(df["class"] == "") & (df["metric"].isin(metrics))]
-    order = {m: i for i, m in enumerate(metrics)}
-    arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
-    clfs = list(dict.fromkeys(df.sort_values("cell_order")["classifier"]))
-    g = overall.groupby(["arm", "classifier", "metric"])["value"]
-    out = g.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                n="count").reset_index()
-    # the 95% t-interval of each mean (summary.csv; NaN with one run)
-    from .stats import mean_ci
-    bounds = {k: mean_ci(v.to_numpy(dtype=float))[2:4] for k, v in g}
-    keys = list(zip(out["arm"], out["classifier"], out["metric"]))
-    out["ci95_low"] = [bounds[k][0] for k in keys]
-    out["ci95_high"] = [bounds[k][1] for k in keys]
-    out["_a"] = out["arm"].map(arms.index)
-    out["_c"] = out["classifier"].map(clfs.index)
-    out["_m"] = out["metric"].map(order)
-    return out.sort_values(["_a", "_c", "_m"]).drop(columns=["_a", "_c", "_m"]).reset_index(drop=True)
-
-
-def per_class(df: pd.DataFrame, metric: str = "recall") -> pd.DataFrame:
-    sub = df[df["metric"] == metric]
-    if sub.empty:
-        return pd.DataFrame()
-    classes = list(dict.fromkeys(sub["class"]))
-    arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
-    t = sub.groupby(["arm", "classifier", "class"])["value"].mean().unstack("class")[classes]
-    t = t.reset_index()
-    t["_a"] = t["arm"].map(arms.index)
-    return t.sort_values(["_a", "classifier"]).drop(columns="_a").reset_index(drop=True)
-
-
-def wide(summary: pd.DataFrame, digits: int = 4, sep: str = " ± ") -> pd.DataFrame:
-    s = summary.copy()
-    s["cell"] = [f"{m:.{digits}f}{sep}{sd:.{digits}f}" if np.isfinite(m) else "n/a"
-                 for m, sd in zip(s["mean"], s["std"])]
-    metrics = list(dict.fromkeys(s["metric"]))
-    t = s.pivot_table(index=["arm", "classifier"], columns="metric", values="cell",
-                      aggfunc="first", sort=False)[metrics]
-    n = s.groupby(["arm", "classifier"], sort=False)["n"].max()
-    t.insert(0, "runs", n)
-    t.columns = ["runs"] + [LABELS.get(m, m) for m in metrics]
-    return t.reset_index()
-
-
-BASELINE = "none"
-
-
-def significance(df: pd.DataFrame, metrics: list[str], method: str = "wilcoxon") -> pd.DataFrame:
-    """Every arm against the `none` arm on each metric: paired test over the matched
-    (classifier, seed, fold) cells, Holm-corrected over the arms (see medbench.stats).
-    Empty when the suite has no `none` arm."""
-    from .stats import compare_to_baseline
-    if BASELINE not in set(df["arm"]):
-        return pd.DataFrame()
-    present = set(df.loc[df["class"] == "", "metric"])
-    parts = [compare_to_baseline(df, m, BASELINE, method=method) for m in metrics if m in present]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def cell_predictions(store: ResultsStore, df: pd.DataFrame):
-    """(row, predictions) for every cell of ``df`` whose test predictions are stored, in
-    cell order; ``row`` carries arm, classifier, seed, fold and threshold."""
-    cells = df.drop_duplicates(["arm", "classifier", "seed", "fold"]).sort_values("cell_order")
-    for row in cells.itertuples(index=False):
-        key = safe_name(f"{row.arm}__{row.classifier}__s{row.seed}__f{row.fold}")
-        try:
-            yield row, store.load_preds(key)
-        except FileNotFoundError:
-            continue
-
-
-def mcnemar_table(store: ResultsStore, df: pd.DataFrame) -> pd.DataFrame:
-    """McNemar against `none` on the stored test predictions, pooled per arm."""
-    from .stats import mcnemar_to_baseline
-    if BASELINE not in set(df["arm"]):
-        return pd.DataFrame()
-    preds: dict = {}
-    for row, p in cell_predictions(store, df):
-        preds.setdefault((row.arm, row.classifier), []).append(
-            (int(row.seed), int(row.fold), p["y_true"], p["probs"]))
-    return mcnemar_to_baseline(preds, BASELINE) if preds else pd.DataFrame()
-
-
-def _p(v: float) -> str:
-    return "n/a" if not np.isfinite(v) else ("<0.0001" if v < 1e-4 else f"{v:.4f}")
-
-
-def marked(table: pd.DataFrame, sig: pd.DataFrame) -> pd.DataFrame:
-    """The wide table with each metric's significance mark appended (* ** ***)."""
-    if sig.empty:
-        return table
-    t = table.copy()
-    for row in sig.itertuples(index=False):
-        col = LABELS.get(row.metric, row.metric)
-        if not row.mark or col not in t.columns:
-            continue
-        hit = (t["arm"] == row.arm) & (t["classifier"] == row.classifier)
-        t.loc[hit, col] = t.loc[hit, col] + " " + row.mark
-    return t
-
-
-def md_table(t: pd.DataFrame) -> str:
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in t.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
-def latex_table(t: pd.DataFrame, caption: str) -> str:
-    def esc(x: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
-                     ("#", r"\#")):
-            x = x.replace(a, b)
-        return x.replace("±", r"$\pm$")
-    cols = list(t.columns)
-    body = [" & ".join(esc(_fmt(v)) for v in row) + r" \\" for row in t.itertuples(index=False)]
-    return "\n".join([
-        r"\begin{table}[t]", r"\centering", f"\\caption{{{esc(caption)}}}",
-        r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}", r"\toprule",
-        " & ".join(esc(c) for c in cols) + r" \\", r"\midrule", *body, r"\bottomrule",
-        r"\end{tabular}", r"\end{table}", ""])
-
-
-def significance_tables(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]):
-    """What the report shows of the tests, for Markdown and HTML alike: the note on the
-    marks, the table of differences from `none` and McNemar's table (None without one)."""
-    n = int(sig["n_pairs"].max()) if len(sig) else 0
-    arms = sig.groupby("classifier")["arm"].nunique().max()
-    note = (f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
-            f"matched (seed, fold) runs ({n} pairs), Holm-corrected over the {arms} arm(s) "
-            "compared: * p < 0.05, ** p < 0.01, *** p < 0.001."
-            + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
-               "data; read the differences and McNemar's test below." if n < 6 else ""))
-    cols = [m for m in metrics if m in set(sig["metric"])]
-    rows = []
-    for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
-        g = g.set_index("metric")
-        rows.append([arm, clf, int(g["n_pairs"].max())]
-                    + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
-    diff = pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
-    mc = None
-    if not mcn.empty:
-        mc = pd.DataFrame({"arm": mcn["arm"], "classifier": mcn["classifier"],
-                           "runs pooled": mcn["n_cells"], "test images": mcn["n"],
-                           "only arm right": mcn["b"], "only none right": mcn["c"],
-                           "p": [_p(v) for v in mcn["p_value"]],
-                           "p (Holm)": [_p(v) + (" " + k if k else "")
-                                        for v, k in zip(mcn["p_adjusted"], mcn["mark"])]})
-    return note, diff, mc
-
-
-DIFF_CAPTION = "Difference from `none` (mean over pairs; Holm-adjusted Wilcoxon p):"
-MCNEMAR_CAPTION = ("McNemar's test against `none` on the test predictions pooled over runs "
-                   "(exact binomial below 25 discordant images, else chi-square with continuity "
-                   "correction; pooling seeds repeats each test image, so read these p-values "
-                   "as screening numbers):")
+from .html import write_html
+from .store import ResultsStore
+from .tables import (DIFF_CAPTION, MCNEMAR_CAPTION, fidelity_table, header_lines, latex_table,
+                     marked, mcnemar_table, md_table, per_class, significance,
+                     significance_tables, summarize, synthetic_only_arms, wide,
+                     with_minority_recall)
 
 
 def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
@@ -226,7 +38,6 @@ def _fidelity_md(results_dir: Path, df: pd.DataFrame, data: dict) -> list[str]:
     path = results_dir / "fidelity.csv"
     if not path.is_file():
         return []
-    from .html import fidelity_table
     arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
     table, extractors = fidelity_table(path, arms, list(data.get("classes") or []))
     if table.empty:
@@ -240,28 +51,6 @@ def _fidelity_md(results_dir: Path, df: pd.DataFrame, data: dict) -> list[str]:
             "arm's images against the real training images of the class, and the real "
             "training images against the real test images of the class (real vs real) for "
             "scale. Extractor: " + "; ".join(extractors) + "." + made_by, "", md_table(table), ""]
-
-
-def header_lines(manifest: dict, results_dir: Path, df: pd.DataFrame | None = None) -> list[str]:
-    """The command that made the results, and what they were made with (on a CPU the
-    numbers depend on torch's thread count: that of the cells in ``df``)."""
-    run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
-    return [
-        f"Made by: `{run_cmd}` then `medbench report {results_dir}`",
-        f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
-        f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
-        f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "
-        f"device {manifest.get('device')}{threads_words(df)}.",
-    ]
-
-
-def threads_words(df: pd.DataFrame | None) -> str:
-    """The header's thread phrase for the cells of a results table ("" for older tables,
-    which have no threads column)."""
-    if df is None or "threads" not in df:
-        return ""
-    threads = sorted({int(t) for t in df["threads"].dropna()})
-    return f", {'/'.join(map(str, threads))} torch thread(s) per cell" if threads else ""
 
 
 def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = None,
@@ -291,7 +80,6 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     head = header_lines(manifest, results_dir, df)
     figures = []
     if "md" in formats or "html" in formats:
-        from .figures import write_figures
         figures = write_figures(results_dir, out_dir, store, df, data)
         written += [p for f in figures for p in f.paths]
     data_line = None
@@ -354,7 +142,6 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         atomic_text(p, tex)
         written.append(p)
     if "html" in formats:
-        from .html import write_html
         fidelity = results_dir / "fidelity.csv"
         arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
         written.append(write_html(

@@ -166,9 +166,6 @@ class BudgetedObjective:
     def elapsed(self) -> float:
         return self.used_seconds + (time.perf_counter() - self._start)
 
-    def remaining_trials(self) -> int | None:
-        return None if self.budget.trials is None else max(self.budget.trials - self.used_trials, 0)
-
     def __call__(self, params: dict) -> float:
         if self.exhausted():
             raise BudgetExhausted()

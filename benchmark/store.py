@@ -87,11 +87,6 @@ class ResultsStore:
         except json.JSONDecodeError as exc:
             raise ResultsError(f"{mpath} is corrupt ({exc.msg}); remove it to start over") from None
 
-    def update_manifest(self, **fields) -> None:
-        m = self.manifest()
-        m.update(fields)
-        self.write_text(MANIFEST, json.dumps(m, indent=2, default=str))
-
     # ---------------------------------------------------------------- cells
     def done(self) -> set[str]:
         return {p.name[:-len(".parquet")] for p in self.cells.glob("*.parquet")}

@@ -21,11 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SuiteError
+from .registry import registry
 
-METRICS = (
-    "accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",
-    "roc_auc", "pr_auc", "precision", "recall", "f1", "specificity", "confusion",
-)
 DEFAULT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc",
                    "precision", "recall", "f1", "specificity", "confusion"]
 REPORT_FORMATS = ("md", "csv", "latex")
@@ -64,10 +61,25 @@ class ProtocolConfig(Strict):
         return v
 
 
+def _known(kind: str, what: str, names: list[str]) -> list[str]:
+    """Names of registered plugins of a kind (injection policies, metrics), or ValueError."""
+    table = registry().plugins[kind]
+    bad = [n for n in names if n not in table]
+    if bad:
+        raise ValueError(f"unknown {what} {bad[0]!r}; allowed: {', '.join(table)}")
+    return names
+
+
 class InjectionConfig(Strict):
-    policy: Literal["balance", "complementary", "fixed"] = "balance"
+    policy: str = Field("balance", description="an injection policy plugin: balance, "
+                                                 "complementary, fixed, or a package's own")
     siir: float = Field(0.2, ge=0.0, le=5.0)
     per_class: int | dict[str, int] | None = None
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v):
+        return _known("injections", "injection policy", [v])[0]
 
 
 class ArmConfig(Strict):
@@ -216,7 +228,12 @@ class AblationConfig(Strict):
 
     siir: list[float] | None = None
     generator: list[str] | None = None
-    injection: list[Literal["balance", "complementary", "fixed"]] | None = None
+    injection: list[str] | None = None
+
+    @field_validator("injection")
+    @classmethod
+    def _policies(cls, v):
+        return v if v is None else _known("injections", "injection policy", v)
     optimizer: list[str] | None = None
     classifier: list[str] | None = None
 
@@ -254,10 +271,7 @@ class Suite(Strict):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, v):
-        bad = [m for m in v if m not in METRICS]
-        if bad:
-            raise ValueError(f"unknown metric {bad[0]!r}; allowed: {', '.join(METRICS)}")
-        return v
+        return _known("metrics", "metric", v)
 
     @model_validator(mode="after")
     def _add_tstr_arms(self):

@@ -209,10 +209,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = settings.cfg.cudnn_benchmark
             torch.set_float32_matmul_precision("high")   # TF32 matmuls for fp32 work
 
-    @property
-    def use_amp(self) -> bool:
-        return self.amp_dtype is not None
-
     def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = self.norm(x_uint8.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -20,18 +20,25 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from pydantic import ValidationError
+
 from . import __version__
+from .engine import Engine, check_plugins, count_folds, load_dataset
 from .errors import MedbenchError, PluginError, ResultsError, SuiteError
 from .files import atomic_text
-from .metrics import SCALAR
+from .metrics import scalar_metrics
+from .plotting import pyplot, save_figure
+from .progress import ConsoleProgress
+from .registry import registry
 from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
 from .suite import LoadedSuite, Suite, format_validation_error
+from .trainer import pick_device
 
 # parameter names a suite may search without spelling out where they live
 ALIASES = {
@@ -101,7 +108,6 @@ def apply_params(loaded: LoadedSuite, params: dict[str, Any]) -> LoadedSuite:
 
 
 def derived(loaded: LoadedSuite, raw: dict, what: str) -> LoadedSuite:
-    from pydantic import ValidationError
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as err:
@@ -111,9 +117,10 @@ def derived(loaded: LoadedSuite, raw: dict, what: str) -> LoadedSuite:
 
 def objective_direction(suite: Suite) -> tuple[str, str]:
     t = suite.tuning
-    if t.objective != "val_loss" and t.objective not in SCALAR:
+    scalar = scalar_metrics()
+    if t.objective != "val_loss" and t.objective not in scalar:
         raise SuiteError(f"tuning.objective {t.objective!r} is not known; use val_loss or one "
-                         f"of {', '.join(SCALAR)}")
+                         f"of {', '.join(scalar)}")
     return t.objective, t.direction or ("minimize" if t.objective == "val_loss" else "maximize")
 
 
@@ -140,7 +147,6 @@ def check_tuning(loaded: LoadedSuite) -> SearchSpace:
 
 
 def evaluation_splits(loaded: LoadedSuite) -> list[tuple[int, int]]:
-    from .runner import count_folds
     s = loaded.suite
     n = min(s.tuning.folds, count_folds(loaded))
     return [(s.protocol.seeds[0], f) for f in range(n)]
@@ -214,43 +220,6 @@ class TuneResult:
     replayed: int
 
 
-class TrialProgress:
-    """A rich bar over trials on a terminal, one line per trial otherwise."""
-
-    def __init__(self, total: int | None, title: str, quiet: bool):
-        from rich.console import Console
-        self.console = Console(stderr=True)
-        self.quiet = quiet
-        self.bar = None
-        if not quiet and self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
-            self.bar.start()
-            self.task = self.bar.add_task(title, total=total)
-
-    def log(self, msg: str) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.console.print(msg, highlight=False, markup=False)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-
-    def generator(self, text: str, fraction: float) -> None:
-        """Engine hook for a generator being fitted (the log lines say enough here)."""
-
-    def trial(self, done: int, text: str, best: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, description=f"best {best}")
-        self.log(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -258,10 +227,6 @@ def _fmt_params(params: dict) -> str:
 def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *,
                storage: str | None = None, device: str | None = None, quiet: bool = False,
                command: str | None = None) -> TuneResult:
-    from .registry import registry
-    from .runner import Engine, check_plugins, load_dataset
-    from .trainer import pick_device
-
     check_plugins(loaded)
     space = check_tuning(loaded)
     s = loaded.suite
@@ -287,8 +252,8 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
     memo = {params_key(r["params"]): r for r in journal.records()}
     dev = pick_device(device or s.device)
     ds, _ = load_dataset(loaded)
-    progress = TrialProgress(budget.trials, f"tune {s.name} ({optimizer})", quiet)
-    engine = Engine(loaded, ds, dev, out=None, reporter=progress)
+    progress = ConsoleProgress(budget.trials, f"tune {s.name} ({optimizer})", quiet)
+    engine = Engine(loaded, ds, dev, out=None, progress=progress)
     counters = {"new": 0, "replayed": 0}
     seen: list[dict] = []
     budgeted = BudgetedObjective(lambda p: 0.0, budget)
@@ -313,9 +278,9 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
         status = (f"{objective} {rec['value']:.4f}" if rec["status"] == "ok"
                   else f"FAILED: {rec['reason']}")
         src = " (from the journal)" if replayed else ""
-        progress.trial(len(seen), f"[{len(seen)}{'/' + str(budget.trials) if budget.trials else ''}] "
-                       f"{_fmt_params(params)} -> {status} ({rec['seconds']:.1f} s){src}; "
-                       f"best {best_txt}", best_txt)
+        progress.status(f"best {best_txt}")
+        progress.finished(len(seen), f"{_fmt_params(params)} -> {status} ({rec['seconds']:.1f} s)"
+                                     f"{src}; best {best_txt}")
         return float(rec["score"])
 
     budgeted.fn = evaluate
@@ -328,11 +293,11 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
             returned = opt.minimize(budgeted, space, budget, seed=s.tuning.seed) or []
         except BudgetExhausted:
             pass
-        for note in getattr(opt, "notes", []) or []:
-            progress.log(f"note: {note}")
+        for note in opt.notes:
+            progress.note(note)
     finally:
         progress.close()
-    plan = getattr(opt, "plan", None)
+    plan = opt.plan
     best = _best(seen)
     # a study shared with other processes (Optuna storage) returns all of its trials,
     # numbered: the best is the study's, wherever it ran
@@ -341,7 +306,6 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
         top = min(shared, key=lambda t: t["value"])
         best = {"params": top["params"], "number": top["number"],
                 "value": top["value"] if direction == "minimize" else -top["value"]}
-        import pandas as pd
         atomic_text(folder / "study_trials.csv", pd.DataFrame(
             [{"number": t["number"], "host": t.get("host"), "pid": t.get("pid"),
               "score": t["value"], **{f"param_{k}": v for k, v in t["params"].items()}}
@@ -395,7 +359,6 @@ def _best(records: list[dict]) -> dict | None:
 
 
 def write_history(folder: Path, records: list[dict], objective: str) -> None:
-    import pandas as pd
     rows = []
     for i, r in enumerate(records, 1):
         row = {"trial": i, "journal_number": r.get("number"), "status": r["status"], objective: r["value"],
@@ -407,10 +370,7 @@ def write_history(folder: Path, records: list[dict], objective: str) -> None:
 def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
                      direction: str) -> None:
     """Each trial's objective (dots) and the best so far (a step line), per optimizer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
     sign = 1.0 if direction == "minimize" else -1.0
     for name, recs in studies.items():
         xs = [i for i, r in enumerate(recs, 1) if r["status"] == "ok"]
@@ -429,9 +389,7 @@ def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from .files import atomic_write
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, path.with_suffix(""), formats=("png",))
 
 
 def write_comparison(tune_dir: Path, objective: str, direction: str) -> None:

@@ -85,7 +85,7 @@ def recognition(sample) -> float:
 def diversity(sample) -> float:
     """Smallest over classes of (mean pairwise distance of samples) / (same for real
     training images); about 1 for a generator as varied as the data, 0 for collapse."""
-    from medbench.plugins.generators._adversarial import mean_pairwise_distance
+    from medbench.generative import mean_pairwise_distance
     x, y = training_set()
     ratios = []
     for c in range(len(CLASSES)):

@@ -22,11 +22,12 @@ import medbench
 import medbench.plugins
 from medbench.cache import (KINDS, READ_ONLY_MODULES, Cache, SyntheticCache, cell_key,
                             code_version, content_key, load_cell, store_cell)
+from medbench.api import Generator
 from medbench.cli import cli
+from medbench.engine import Engine, load_dataset
 from medbench.errors import GeneratorDiverged
 from medbench.generators import GeneratorCache
 from medbench.registry import PluginInfo, registry
-from medbench.runner import Engine, load_dataset
 from medbench.suite import load_suite
 
 METRIC_COLS = ["arm", "classifier", "seed", "fold", "metric", "class", "value"]
@@ -99,8 +100,9 @@ def _engine_imports(path: Path) -> set[str]:
 def test_modules_left_out_of_the_code_version_are_never_imported_to_compute_results():
     root = Path(medbench.__file__).parent
     # everything a cell, a generator fit or a synthetic set runs starts from these
-    start = ["runner.py", "execution.py", "trainer.py", "generators.py", "injection.py",
-             "metrics.py", "splits.py", "data.py", "cache.py", "store.py", "api.py"]
+    start = ["runner.py", "engine.py", "execution.py", "trainer.py", "generators.py",
+             "generative.py", "injection.py", "metrics.py", "splits.py", "data.py", "cache.py",
+             "store.py", "api.py", "progress.py"]
     seen, todo = set(), list(start)
     while todo:
         m = todo.pop()
@@ -281,14 +283,12 @@ def test_a_cached_divergence_is_raised_again(tmp_path):
 # ------------------------------------------------------------------ the engine
 
 
-class _GlobalRng:
+class _GlobalRng(Generator):
     """A per-class generator that draws from torch's global RNG and counts its fits."""
 
+    name = "globalrng"
     conditional = False
     fits = 0
-
-    def __init__(self, **params):
-        pass
 
     def fit(self, images, labels, **kw):
         _GlobalRng.fits += 1
@@ -418,7 +418,7 @@ def test_parse_durations_and_sizes():
 
 def test_synthetic_cache_rejects_a_wrong_shape(tmp_path):
     sc = SyntheticCache(Cache(tmp_path))
-    key = sc.key("g" * 64, 1, 4)
+    key = content_key(SyntheticCache.describe_key("g" * 64, 1, 4))
     assert sc.store(key, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), ["a note"], "test", {})
     images, notes = sc.load(key, (1, 8, 8))
     assert images.shape == (4, 1, 8, 8) and notes == ["a note"]

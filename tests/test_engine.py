@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc
 from medbench import injection, metrics
 from medbench.data import ImageSet
 from medbench.errors import DataError, SuiteError, TrainingError
-from medbench.runner import Engine
+from medbench.engine import Engine
 from medbench.splits import make_folds
 from medbench.suite import TrainingConfig, load_suite
 from medbench.trainer import Settings, Trainer, augment_batch, batches, class_weight_vector
@@ -144,7 +144,7 @@ def test_too_few_images_is_a_clear_error():
 
 def test_synthetic_images_only_enter_training(write_suite):
     loaded = load_suite(write_suite(tiny_suite()))
-    from medbench.runner import load_dataset
+    from medbench.engine import load_dataset
     ds, _ = load_dataset(loaded)
     engine = Engine(loaded, ds, torch.device("cpu"))
     arm = engine.arm("oversample")

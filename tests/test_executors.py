@@ -18,7 +18,7 @@ from medbench.cli import cli
 from medbench.errors import TrainingError
 from medbench.cache import Cache
 from medbench.execution import Prefit
-from medbench.runner import Engine, count_folds, expand_cells, prefit_tasks
+from medbench.engine import Engine, count_folds, expand_cells, prefit_tasks
 from medbench.suite import load_suite
 
 from conftest import tiny_suite
@@ -99,10 +99,10 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(write_suite, tmp_path,
                                                           exc):
     real = Engine.run_cell
 
-    def flaky(self, cell, reporter=None):
+    def flaky(self, cell, progress=None):
         if cell.arm == "oversample" and cell.fold == 1:
             raise exc
-        return real(self, cell, reporter)
+        return real(self, cell, progress)
 
     monkeypatch.setattr(Engine, "run_cell", flaky)
     out = tmp_path / "res"

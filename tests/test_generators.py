@@ -13,13 +13,15 @@ import torch
 
 import gan_check
 from conftest import tiny_suite
+from medbench.api import Generator
+from medbench.engine import Engine, load_dataset
 from medbench.errors import DataError, GeneratorDiverged, SuiteError
+from medbench.generative import mean_pairwise_distance
 from medbench.plugins.generators import dcgan
-from medbench.plugins.generators._adversarial import mean_pairwise_distance
 from medbench.plugins.generators._losses import d_loss, g_loss, gradient_penalty, interpolate
 from medbench.plugins.generators.classical import Augment, Smote
 from medbench.registry import PluginInfo, registry
-from medbench.runner import Engine, load_dataset, run_suite
+from medbench.runner import run_suite
 from medbench.suite import load_suite
 
 # Budgets that learn the 28-px phantom classes in about a minute each on 2 cores. The
@@ -231,14 +233,12 @@ def test_augment_makes_transformed_copies_of_the_class():
 # ------------------------------------------------------------------ engine
 
 
-class _Spy:
+class _Spy(Generator):
     """A generator that records what it was fitted on and returns constant images."""
 
+    name = "spy"
     conditional = True
     seen: list[torch.Tensor] = []
-
-    def __init__(self, **params):
-        pass
 
     def fit(self, images, labels, **kw):
         _Spy.seen.append(images.clone())

@@ -11,7 +11,7 @@ import torch
 import gan_check
 from medbench.errors import SuiteError
 from medbench.plugins.generators import _losses, progan
-from medbench.plugins.generators._adversarial import GeneratorDiverged
+from medbench.errors import GeneratorDiverged
 from medbench.plugins.generators.progan import ProCritic, ProGAN, ProGenerator
 
 # Tuned for the learning test: a few hundred steps per class on a CPU. The equalized

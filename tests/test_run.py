@@ -153,7 +153,7 @@ def test_quick_suite_runs_offline_and_beats_chance(quick_runs):
 
 
 def test_git_commit_is_dirty_for_changed_code_but_not_for_written_reports(tmp_path):
-    from medbench.runner import git_commit
+    from medbench.provenance import git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

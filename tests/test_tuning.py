@@ -44,7 +44,7 @@ def _journal(folder):
 
 def test_tune_writes_history_best_and_plot_and_never_reads_the_test_fold(write_suite, tmp_path,
                                                                          monkeypatch):
-    import medbench.runner as runner
+    import medbench.engine as engine_module
 
     class Poison:
         """Any use of a test fold while tuning fails the test."""
@@ -57,9 +57,9 @@ def test_tune_writes_history_best_and_plot_and_never_reads_the_test_fold(write_s
         def __len__(self):
             raise AssertionError("the test fold was read while tuning")
 
-    real = runner.make_folds
-    monkeypatch.setattr(runner, "make_folds", lambda *a, **k: [dataclasses.replace(f, test=Poison())
-                                                               for f in real(*a, **k)])
+    real = engine_module.make_folds
+    monkeypatch.setattr(engine_module, "make_folds",
+                        lambda *a, **k: [dataclasses.replace(f, test=Poison()) for f in real(*a, **k)])
     out = tmp_path / "res"
     r = _invoke("tune", write_suite(tune_suite_dict()), "--optimizer", "random", "--out", out,
                 "--quiet")
@@ -91,7 +91,7 @@ def test_use_tuned_trains_the_final_protocol_with_the_best_parameters(write_suit
     df = pd.read_parquet(tmp_path / "final" / "results.parquet")
     # the tuned SIIR decides how many synthetic images the subject arm received
     loaded = load_suite(path)
-    from medbench.runner import Engine, load_dataset
+    from medbench.engine import Engine, load_dataset
     ds, _ = load_dataset(loaded)
     eng = Engine(loaded, ds, "cpu")
     for fold in range(3):

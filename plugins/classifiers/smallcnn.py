@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from medbench.api import Classifier
-from medbench.errors import PluginError
+from medbench.errors import ParameterError, PluginError
 from medbench.hookspecs import hookimpl
 
 from .torchvision_models import check_build_args
@@ -70,8 +70,8 @@ class SmallCNN(Classifier):
         for key in ("hidden", "grid"):
             value = opts[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PluginError(f"classifier {self.name!r}: parameter {key!r} must be a "
-                                  f"positive integer, got {value!r}")
+                raise ParameterError(f"classifier {self.name!r}: parameter {key!r} must be a "
+                                     f"positive integer, got {value!r}")
         if pretrained:
             raise PluginError(f"classifier {self.name!r} has no pretrained weights; "
                               "set pretrained: false")

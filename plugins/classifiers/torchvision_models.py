@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from medbench.api import Classifier
-from medbench.errors import PluginError
+from medbench.errors import ParameterError, PluginError
 from medbench.files import fetch
 from medbench.hookspecs import hookimpl
 
@@ -72,16 +72,16 @@ def check_build_args(name: str, num_classes: Any, in_channels: Any, image_size: 
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         ok = ", ".join(sorted(accepted)) if accepted else "none"
-        raise PluginError(f"classifier {name!r}: unknown parameter(s) "
-                          f"{', '.join(map(repr, unknown))}; accepted parameters: {ok}")
+        raise ParameterError(f"classifier {name!r}: unknown parameter(s) "
+                             f"{', '.join(map(repr, unknown))}; accepted parameters: {ok}")
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels),
                          ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise PluginError(f"classifier {name!r}: {label} must be a positive integer, "
-                              f"got {value!r}")
+            raise ParameterError(f"classifier {name!r}: {label} must be a positive integer, "
+                                 f"got {value!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
             or not 0.0 <= float(dropout) < 1.0:
-        raise PluginError(f"classifier {name!r}: dropout must be in [0, 1), got {dropout!r}")
+        raise ParameterError(f"classifier {name!r}: dropout must be in [0, 1), got {dropout!r}")
     return {**accepted, **params}
 
 

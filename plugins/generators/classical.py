@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from medbench.api import Generator
-from medbench.errors import DataError, SuiteError
+from medbench.errors import DataError, ParameterError
 from medbench.hookspecs import hookimpl
 from medbench.suite import AugmentConfig
 
-from ._adversarial import seed_for
+from medbench.generative import seed_for
 
 
 class RealPool(Generator):
@@ -37,7 +37,7 @@ class RealPool(Generator):
     conditional = True
     name = "pool"
 
-    def fit(self, images, labels, *, classes, budget=None, device="cpu", seed=0, progress=None):
+    def fit(self, images, labels, *, classes, device="cpu", seed=0, progress=None):
         self._by_class = {c: images[labels == c] for c in range(len(classes))}
         self.classes = list(classes)
         self.seed = int(seed)
@@ -57,29 +57,18 @@ class RealPool(Generator):
         return torch.Generator().manual_seed(seed_for(self.name, self.seed, class_index, n))
 
 
-def _check(name: str, params: dict, defaults: dict) -> dict:
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise SuiteError(f"generator {name!r}: unknown parameter {unknown[0]!r}; it takes "
-                         f"{', '.join(sorted(defaults)) or 'no parameters'}")
-    return {**defaults, **params}
-
-
 class Smote(RealPool):
     name = "smote"
     description = "SMOTE (imbalanced-learn) on pixels, or in a PCA embedding decoded back"
     conditional = True
     defaults = {"k_neighbors": 5, "space": "pixels", "components": 64}
+    choices = {"space": ("pixels", "pca")}
 
     def __init__(self, **params):
-        cfg = _check("smote", params, self.defaults)
-        if cfg["space"] not in ("pixels", "pca"):
-            raise SuiteError(f"generator 'smote': space = {cfg['space']!r}; use pixels or pca")
-        if not isinstance(cfg["k_neighbors"], int) or cfg["k_neighbors"] < 1:
-            raise SuiteError("generator 'smote': k_neighbors must be a positive integer")
-        super().__init__(**cfg)
-        self.cfg = cfg
-        self.notes: list[str] = []
+        super().__init__(**params)
+        k = self.cfg["k_neighbors"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ParameterError("generator 'smote': k_neighbors must be a positive integer")
 
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         from imblearn.over_sampling import SMOTE
@@ -132,14 +121,13 @@ class Augment(RealPool):
                 "scale": 0.1, "brightness": 0.05, "contrast": 0.1}
 
     def __init__(self, **params):
-        cfg = _check("augment", params, self.defaults)
+        super().__init__(**params)
         try:
-            self.aug = AugmentConfig(**cfg)
+            self.aug = AugmentConfig(**self.cfg)
         except ValueError as exc:
             msg = str(exc).splitlines()
-            raise SuiteError(f"generator 'augment': {msg[1] if len(msg) > 1 else msg[0]} "
-                             f"({msg[2].strip() if len(msg) > 2 else ''})") from None
-        super().__init__(**cfg)
+            raise ParameterError(f"generator 'augment': {msg[1] if len(msg) > 1 else msg[0]} "
+                                 f"({msg[2].strip() if len(msg) > 2 else ''})") from None
 
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         from medbench.trainer import augment_batch

@@ -39,10 +39,11 @@ import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from medbench.errors import SuiteError
+from medbench.errors import ParameterError, SuiteError
+from medbench.generative import WeightAverage
 from medbench.hookspecs import hookimpl
 
-from ._adversarial import AdversarialGenerator, WeightAverage, adam, real_batches
+from ._adversarial import AdversarialGenerator, adam, real_batches
 from ._losses import LOSSES, d_loss, g_loss, gradient_penalty
 
 FC_HIDDEN_G = (256, 512, 1024)
@@ -197,8 +198,8 @@ class DCGANFamily(AdversarialGenerator):
         super().__init__(**params)
         ema = self.cfg["ema"]
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-            raise SuiteError(f"generator {self.name!r}: ema = {ema!r}; use a decay in [0, 1), "
-                             "e.g. 0.999, or 0 for none")
+            raise ParameterError(f"generator {self.name!r}: ema = {ema!r}; use a decay in [0, 1), "
+                                 "e.g. 0.999, or 0 for none")
 
     def check_data(self, size: int, channels: int) -> None:
         """Refuse, before any work, an image size the convolutional nets cannot take."""

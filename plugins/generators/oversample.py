@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from medbench.errors import SuiteError
 from medbench.hookspecs import hookimpl
 
 from .classical import RealPool
@@ -14,11 +13,6 @@ from .classical import RealPool
 class Oversample(RealPool):
     name = "oversample"
     description = "random duplication of real training images of the class"
-
-    def __init__(self, **params):
-        if params:
-            raise SuiteError(f"generator 'oversample' takes no parameters, got {sorted(params)}")
-        super().__init__()
 
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         pool = self.pool(class_index)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medbench.errors import SuiteError
+from medbench.errors import ParameterError, SuiteError
 from medbench.hookspecs import hookimpl
 
 from . import _losses
@@ -176,9 +176,9 @@ class ProCritic(nn.Module):
 def _per_stage(name: str, value, stages: int, sizes: list[int]) -> list[int]:
     if isinstance(value, (list, tuple)):
         if len(value) != stages:
-            raise SuiteError(f"generator 'progan': {name} has {len(value)} entries but there are "
-                             f"{stages} stages ({', '.join(map(str, sizes))} px); give one per "
-                             "stage or a single integer")
+            raise ParameterError(f"generator 'progan': {name} has {len(value)} entries but there are "
+                                 f"{stages} stages ({', '.join(map(str, sizes))} px); give one per "
+                                 "stage or a single integer")
         return [int(v) for v in value]
     return [int(value)] * stages
 
@@ -211,7 +211,7 @@ class ProGAN(AdversarialGenerator):
         c = self.cfg
 
         def bad(key: str, want: str):
-            raise SuiteError(f"generator 'progan': {key} = {c[key]!r}; {want}")
+            raise ParameterError(f"generator 'progan': {key} = {c[key]!r}; {want}")
 
         for key in ("latent", "base", "n_critic", "fmaps", "fmaps_min"):
             if not _is_int(c[key]) or c[key] < 1:
@@ -278,7 +278,6 @@ class ProGAN(AdversarialGenerator):
     def load_state_dict(self, state: dict, device: str = "cpu") -> "ProGAN":
         # the networks' shapes follow the saved parameters, whatever this instance got
         self.cfg = dict(state["cfg"])
-        self.params = dict(self.cfg)
         return super().load_state_dict(state, device)
 
     def stage_output(self, z: torch.Tensor, stage: int, alpha: float = 1.0) -> torch.Tensor:

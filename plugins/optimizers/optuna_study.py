@@ -39,8 +39,8 @@ import warnings
 import zlib
 from pathlib import Path
 
-from medbench.api import Optimizer
-from medbench.errors import PluginError
+from medbench.api import Optimizer, check_params
+from medbench.errors import ParameterError, PluginError
 from medbench.hookspecs import hookimpl
 from medbench.space import BudgetedObjective, BudgetExhausted
 
@@ -87,40 +87,36 @@ class OptunaStudy(Optimizer):
     description = "Optuna study (TPE default); shared across processes with an RDB storage URL"
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise PluginError(f"optimizer 'optuna': unknown parameter {unknown[0]!r}; it takes "
-                              f"{', '.join(sorted(DEFAULTS))}")
-        cfg = {**DEFAULTS, **params}
+        cfg = check_params("optimizer", "optuna", params, DEFAULTS)
         sampler = cfg["sampler"]
         if sampler not in SAMPLERS:
-            raise PluginError(f"optimizer 'optuna': unknown sampler {sampler!r}; use one of "
-                              f"{', '.join(SAMPLERS)}")
+            raise ParameterError(f"optimizer 'optuna': unknown sampler {sampler!r}; use one of "
+                                 f"{', '.join(SAMPLERS)}")
         missing = _missing(sampler)
         if missing:
-            raise PluginError(f"optimizer 'optuna': sampler {sampler!r} needs the "
-                              f"{' and '.join(missing)} package(s): pip install "
-                              f"{' '.join(missing)}")
+            raise ParameterError(f"optimizer 'optuna': sampler {sampler!r} needs the "
+                                 f"{' and '.join(missing)} package(s): pip install "
+                                 f"{' '.join(missing)}")
         startup = cfg["n_startup_trials"]
         if startup is not None:
             if sampler not in WITH_STARTUP:
-                raise PluginError(f"optimizer 'optuna': n_startup_trials applies to the "
-                                  f"{', '.join(WITH_STARTUP)} samplers, not {sampler!r}")
+                raise ParameterError(f"optimizer 'optuna': n_startup_trials applies to the "
+                                     f"{', '.join(WITH_STARTUP)} samplers, not {sampler!r}")
             if isinstance(startup, bool) or not isinstance(startup, int) or startup < 0:
-                raise PluginError("optimizer 'optuna': n_startup_trials must be an integer "
-                                  f">= 0, got {startup!r}")
+                raise ParameterError("optimizer 'optuna': n_startup_trials must be an integer "
+                                     f">= 0, got {startup!r}")
         storage = cfg["storage"]
         if storage is not None:
             if not isinstance(storage, str) or "://" not in storage:
-                raise PluginError("optimizer 'optuna': storage must be a database URL such as "
-                                  f"sqlite:////abs/path/study.db, got {storage!r}")
+                raise ParameterError("optimizer 'optuna': storage must be a database URL such as "
+                                     f"sqlite:////abs/path/study.db, got {storage!r}")
             if storage.startswith("sqlite:///"):
                 folder = Path(storage[len("sqlite:///"):]).parent
                 if not folder.is_dir():
-                    raise PluginError(f"optimizer 'optuna': storage {storage!r}: folder "
-                                      f"{str(folder)!r} does not exist")
+                    raise ParameterError(f"optimizer 'optuna': storage {storage!r}: folder "
+                                         f"{str(folder)!r} does not exist")
         if not isinstance(cfg["study_name"], str) or not cfg["study_name"]:
-            raise PluginError("optimizer 'optuna': study_name must be a non-empty string")
+            raise ParameterError("optimizer 'optuna': study_name must be a non-empty string")
         self.sampler = sampler
         self.storage = storage
         self.study_name = cfg["study_name"]

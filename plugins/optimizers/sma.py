@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from medbench.api import Optimizer
-from medbench.errors import PluginError
+from medbench.api import Optimizer, check_params
+from medbench.errors import ParameterError
 from medbench.hookspecs import hookimpl
 from medbench.space import BudgetedObjective, BudgetExhausted
 
@@ -38,8 +38,8 @@ DEFAULTS = {"variant": "original", "pop_size": 15, "epochs": None, "p_t": 0.03}
 
 def _int_param(name: str, value, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PluginError(f"optimizer 'sma': {name} must be an integer in [{low}, {high}], "
-                          f"got {value!r}")
+        raise ParameterError(f"optimizer 'sma': {name} must be an integer in [{low}, {high}], "
+                             f"got {value!r}")
     return value
 
 
@@ -47,21 +47,17 @@ class SMAOptimizer(Optimizer):
     description = "Slime Mould Algorithm (mealpy) over the unit cube; epochs derived from the budget"
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise PluginError(f"optimizer 'sma': unknown parameter {unknown[0]!r}; it takes "
-                              f"{', '.join(sorted(DEFAULTS))}")
-        cfg = {**DEFAULTS, **params}
+        cfg = check_params("optimizer", "sma", params, DEFAULTS)
         if cfg["variant"] not in VARIANTS:
-            raise PluginError(f"optimizer 'sma': variant {cfg['variant']!r}; use "
-                              f"{' or '.join(VARIANTS)}")
+            raise ParameterError(f"optimizer 'sma': variant {cfg['variant']!r}; use "
+                                 f"{' or '.join(VARIANTS)}")
         self.variant = cfg["variant"]
         self.pop_size = _int_param("pop_size", cfg["pop_size"], MIN_POP, MAX_POP)
         self.epochs = (None if cfg["epochs"] is None
                        else _int_param("epochs", cfg["epochs"], 1, MAX_EPOCHS))
         p_t = cfg["p_t"]
         if isinstance(p_t, bool) or not isinstance(p_t, (int, float)) or not 0 < p_t < 1:
-            raise PluginError(f"optimizer 'sma': p_t must be a number in (0, 1), got {p_t!r}")
+            raise ParameterError(f"optimizer 'sma': p_t must be a number in (0, 1), got {p_t!r}")
         self.p_t = float(p_t)
         self.notes: list[str] = []
         self.plan: dict | None = None

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from medbench.plugins.generators._adversarial import to_unit
+from medbench.generative import to_unit
 from medbench.plugins.generators._losses import d_loss, g_loss
 from medbench.plugins.generators.dcgan import DCGAN
 
@@ -77,4 +77,6 @@ def test_dcgan_throughput_vs_plain_loop():
     print(f"\n[perf] dcgan training ({N} images at {SIZE}px, batch {BATCH}, {EPOCHS} epochs, "
           f"CPU): plugin {images / ours:.0f} img/s, plain loop {images / plain:.0f} img/s, "
           f"throughput ratio (plugin / plain loop) {ratio:.3f}")
-    assert 0 < ratio < float("inf")
+    # a loose floor, so a shared CI machine does not flake, that still catches an
+    # engine overhead that halves the throughput
+    assert ratio > 0.5, f"the plugin runs at {ratio:.2f} of the plain loop's throughput"

@@ -7,7 +7,6 @@ Run alone with:
     python -m pytest tests/perf/test_progan_throughput.py -s -q
 """
 
-import math
 import statistics
 import time
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medbench.plugins.generators._adversarial import to_unit
+from medbench.generative import to_unit
 from medbench.plugins.generators.progan import ProGAN
 
 pytestmark = pytest.mark.perf
@@ -91,4 +90,5 @@ def test_progan_throughput_vs_plain_loop():
     print(f"\n[perf] progan final stage ({SIZE} px, batch {BATCH}, {STEPS} steps, CPU): "
           f"plugin {ips['plugin']:.1f} img/s, plain loop {ips['plain']:.1f} img/s")
     print(f"progan throughput ratio (plugin / plain loop): {ratio:.3f}")
-    assert ratio > 0 and math.isfinite(ratio)
+    # a loose floor (shared CI machines are noisy) that still catches a halved throughput
+    assert ratio > 0.5, f"the plugin runs at {ratio:.2f} of the plain loop's throughput"

@@ -55,8 +55,7 @@ def test_jobs_2_against_jobs_1(quick_runs):
                                   pd.read_parquet(procs / "results.parquet")[METRIC_COLS])
     print(f"\n[perf] quick suite ({PROFILE}), 1 thread per cell: --jobs 1 {t1:.1f} s, --jobs 2 "
           f"(processes) {t2:.1f} s")
-    print(f"speed-up --jobs 2 / --jobs 1: {t1 / t2:.2f}x")
-    assert t2 > 0
+    print(f"speed-up --jobs 2 / --jobs 1: {t1 / t2:.2f}x")   # printed, not asserted: timing
 
 
 def test_ray_executor_overhead(quick_runs):
@@ -68,5 +67,4 @@ def test_ray_executor_overhead(quick_runs):
           f"--jobs 2 {t_procs:.1f} s, ray --jobs 2 {t_ray:.1f} s (Ray started and stopped "
           "inside the run)")
     print(f"ray overhead (ray / processes at --jobs 2): {t_ray / t_procs:.3f}; "
-          f"ray --jobs 2 / local: {t_ray / t_local:.3f}")
-    assert t_ray > 0
+          f"ray --jobs 2 / local: {t_ray / t_local:.3f}")       # printed, not asserted: timing

@@ -1,0 +1,244 @@
+"""The parts every fitted generator shares, public so that an outside generator (a GAN,
+a diffusion model, anything trained on the images) can build on them:
+
+- ``seed_for``: a stable 63-bit seed from any parts (sampling, building, grids);
+- ``to_unit`` / ``from_unit``: uint8 pixels to floats in [-1, 1] and back;
+- ``WeightAverage``: an exponential moving average of a network's weights, the copy a
+  GAN or diffusion model samples from;
+- ``NeuralGenerator``: a ``medbench.api.Generator`` around networks trained on the
+  images: parameter checks (``defaults`` plus ``collapse_check``), seeding, the loss log
+  with divergence detection, sample grids from fixed noise, a collapse check,
+  deterministic sampling from noise, and a state the engine's generator cache saves and
+  restores.
+
+A subclass sets ``defaults`` (every parameter it accepts, with its default) and
+implements ``_build(channels, size, num_classes)`` (creates ``self.G``, the network
+``_generate`` runs, and whatever else it trains), ``_train(x, y, progress)`` (x float in
+[-1, 1] on the device, y int64) and ``_generate(z, y)`` (noise and labels to images in
+[-1, 1]). During training it calls ``self._log(...)`` once per step with its named
+losses, and ``self._snapshot(label)`` when a sample grid is due. GAN-only parts (the
+adversarial losses, optimisers, batching) live with the GAN plugins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .api import Generator
+from .errors import GeneratorDiverged, ParameterError, TrainingError
+
+__all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "NeuralGenerator", "WeightAverage", "from_unit",
+           "mean_pairwise_distance", "seed_for", "to_unit"]
+
+
+# parameters every neural generator takes: collapse_check false keeps a generator whose samples are
+# nearly identical (by default that is a failure, like a NaN loss)
+COMMON = {"collapse_check": True}
+GRID_SIDE = 8          # sample grids are GRID_SIDE x GRID_SIDE images
+COLLAPSE_RATIO = 0.05  # sample diversity below this fraction of the real images' = collapse
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def from_unit(x: torch.Tensor) -> torch.Tensor:
+    """float -1..1 -> uint8 0..255 (clamped, rounded)."""
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> float:
+    """Mean L2 distance between distinct images of a batch (flattened)."""
+    flat = x.reshape(len(x), -1).float()
+    if len(flat) < 2:
+        return 0.0
+    d = torch.cdist(flat, flat)
+    n = len(flat)
+    return float(d.sum() / (n * (n - 1)))
+
+
+def seed_for(*parts: Any) -> int:
+    """A 63-bit seed derived from the parts (stable across runs and platforms)."""
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class NeuralGenerator(Generator):
+    """A generator of networks trained on the images (see the module's docstring)."""
+
+    name = "neural"
+    cacheable = True
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        return {**COMMON, **cls.defaults}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if self.cfg["collapse_check"] not in (True, False):
+            raise ParameterError(f"generator {self.name!r}: collapse_check must be true or false")
+        self.G: nn.Module | None = None
+        self.device = torch.device("cpu")
+        self.seed = 0
+        self.shape: tuple[int, int, int] = (1, 28, 28)
+        self.num_classes = 1
+        self.class_ids: list[int] = []      # classes seen in fit (all for a conditional GAN)
+
+    # ------------------------------------------------------------------ subclass API
+    def _build(self, channels: int, size: int, num_classes: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor,
+               progress: Callable[[str, float], None] | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def latent_size(self) -> int:
+        return int(self.cfg["latent"])
+
+    # ------------------------------------------------------------------ fitting
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, *, classes, device="cpu",
+                seed: int = 0) -> "NeuralGenerator":
+        """Build the networks for this data without training them (an untrained
+        generator, the control in tests)."""
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise TrainingError(f"{self.name}: expected N x C x H x W uint8 images, got "
+                                f"{tuple(images.shape)} {images.dtype}")
+        if len(images) < 2:
+            raise TrainingError(f"{self.name}: needs at least 2 training images, got {len(images)}")
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.shape = tuple(int(s) for s in images.shape[1:])
+        self.num_classes = len(classes)
+        self.class_ids = sorted(set(int(c) for c in labels.tolist()))
+        torch.manual_seed(seed_for("build", self.name, self.seed))
+        self._build(self.shape[0], self.shape[1], self.num_classes)
+        self._fixed_z = torch.randn(GRID_SIDE * GRID_SIDE, self.latent_size(),
+                                    generator=torch.Generator().manual_seed(seed_for("grid", self.seed)))
+        return self
+
+    def fit(self, images, labels, *, classes, device="cpu", seed=0, progress=None):
+        self.prepare(images, labels, classes=classes, device=device, seed=seed)
+        torch.manual_seed(seed_for("train", self.name, self.seed))
+        x = to_unit(images).to(self.device)
+        y = labels.to(torch.int64).to(self.device)
+        self._train(x, y, progress)
+        if self.cfg["collapse_check"]:
+            self._check_collapse(images, labels)
+        return self
+
+    def _log(self, **row) -> None:
+        """Record one training step; NaN or Inf in any loss stops training."""
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                where = ", ".join(f"{k} {row[k]}" for k in ("stage", "epoch") if k in row)
+                raise GeneratorDiverged(f"{self.name} diverged ({where}): {key} is {value}")
+        self.history.append(row)
+
+    def _snapshot(self, label: str) -> None:
+        """Keep a grid of samples from fixed noise (each class of a conditional GAN
+        gets its own rows)."""
+        ids = self.class_ids or [0]
+        y = torch.tensor([ids[(i // GRID_SIDE) % len(ids)] for i in range(len(self._fixed_z))])
+        self.grids.append((label, self._run_generator(self._fixed_z, y)))
+
+    def _check_collapse(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        for c in self.class_ids:
+            real = images[labels == c][:64]
+            if len(real) < 2:
+                continue
+            fake = self.sample(c, 64)
+            ratio = mean_pairwise_distance(fake) / max(mean_pairwise_distance(real), 1e-8)
+            if ratio < COLLAPSE_RATIO:
+                raise GeneratorDiverged(f"{self.name} collapsed for class {c}: its samples are "
+                                        f"nearly identical (diversity {ratio:.3f} of the real "
+                                        "images')")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def _run_generator(self, z: torch.Tensor, y: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        was_training = self.G.training
+        self.G.eval()
+        out = []
+        try:
+            for i in range(0, len(z), batch):
+                img = self._generate(z[i:i + batch].to(self.device), y[i:i + batch].to(self.device))
+                out.append(from_unit(img.float()).cpu())
+        finally:
+            self.G.train(was_training)
+        return torch.cat(out) if out else torch.zeros((0, *self.shape), dtype=torch.uint8)
+
+    def sample(self, class_index: int, n: int) -> torch.Tensor:
+        """n uint8 images of the class. The same (seed, class, n) gives the same images,
+        whatever was sampled before, so a resumed run sees the synthetic set an
+        uninterrupted one saw."""
+        if self.G is None:
+            raise TrainingError(f"{self.name}: sample() before fit()")
+        if self.conditional and class_index not in self.class_ids:
+            raise TrainingError(f"{self.name}: class {class_index} had no training images")
+        gen = torch.Generator().manual_seed(seed_for("sample", self.seed, class_index, n))
+        z = torch.randn(n, self.latent_size(), generator=gen)
+        y = torch.full((n,), class_index, dtype=torch.int64)
+        return self._run_generator(z, y)
+
+    # ------------------------------------------------------------------ cache state
+    def state_dict(self) -> dict:
+        return {"cfg": self.cfg, "shape": self.shape, "num_classes": self.num_classes,
+                "class_ids": self.class_ids, "seed": self.seed, "history": self.history,
+                "grids": self.grids, "notes": self.notes, "extra": self._extra_state(),
+                "G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}}
+
+    def load_state_dict(self, state: dict, device: str = "cpu") -> "NeuralGenerator":
+        self.seed = state["seed"]
+        self.shape = tuple(state["shape"])
+        self.num_classes = state["num_classes"]
+        self.class_ids = list(state["class_ids"])
+        self.history = list(state["history"])
+        self.grids = list(state["grids"])
+        self.notes = list(state["notes"])
+        self.device = torch.device(device)
+        self._build(self.shape[0], self.shape[1], self.num_classes)
+        self._load_extra_state(state["extra"])
+        self.G.load_state_dict(state["G"])
+        self.G.to(self.device)
+        return self
+
+    def _extra_state(self) -> dict:
+        """Anything besides G's weights that sampling needs (ProGAN: the stage)."""
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
+
+
+class WeightAverage:
+    """Exponential moving average of a network's parameters (buffers such as batch-norm
+    statistics are copied as they are). The decay warms up as min(decay, (1 + t) /
+    (10 + t)), so a short training is not dominated by its random start."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        if not 0 <= decay < 1:
+            raise ParameterError(f"ema = {decay}: use a decay in [0, 1), e.g. 0.999, or 0 for none")
+        self.decay = decay
+        self.t = 0
+        self.params = {k: v.detach().clone() for k, v in net.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        self.t += 1
+        for k, v in net.named_parameters():
+            self.params[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, net: nn.Module) -> None:
+        for k, v in net.named_parameters():
+            v.copy_(self.params[k])
