@@ -122,6 +122,9 @@ class Generator:
     ``grids``
         sample grids kept during training: (label, uint8 N x C x H x W images) pairs,
         written as ``samples_*.png`` beside the loss log.
+    ``record``
+        what the fit ran: ``kimg`` (thousands of real images shown), ``steps``,
+        ``seconds`` and what stopped it; written into the artifacts' info.json.
 
     The determinism promise: ``sample(c, n)`` depends only on the seed given to ``fit``,
     the class, ``n`` and the fitted state, never on what was sampled before or on the
@@ -147,6 +150,7 @@ class Generator:
         self.notes: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.grids: list[tuple[str, torch.Tensor]] = []
+        self.record: dict[str, Any] = {}
 
     def check_data(self, image_size: int, channels: int) -> None:
         """Refuse, before any work, data this generator cannot fit (raise a

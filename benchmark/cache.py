@@ -113,8 +113,8 @@ def code_fingerprint(cls: type) -> str:
 # imports them (tests/test_cache.py walks the import graph to check), so editing them
 # keeps the cache: a change to a report or to an option does not refit every GAN.
 READ_ONLY_MODULES = frozenset({"report.py", "tables.py", "figures.py", "html.py",
-                               "ablation_report.py", "stats.py", "fidelity.py", "extractors.py",
-                               "cache_cli.py", "cli.py", "__main__.py"})
+                               "ablation_report.py", "stats.py", "fidelity.py", "quality.py",
+                               "extractors.py", "cache_cli.py", "cli.py", "__main__.py"})
 
 
 def code_version(*objs: Any) -> str:

@@ -17,7 +17,8 @@ with training images here; nothing is written anywhere but ``fidelity.csv`` and
 The numbers are computed by torch-fidelity's own code (its feature extractor classes,
 ``fid_statistics_to_metric``, ``kid_features_to_metric``, ``isc_features_to_metric`` and
 ``prc_features_to_metric``) on features extracted once per image set.
-Feature extractors and their weights: ``medbench.extractors``.
+Feature extractors and their weights: ``medbench.extractors``; the metrics:
+``medbench.quality``.
 """
 
 from __future__ import annotations
@@ -33,125 +34,28 @@ import pandas as pd
 import torch
 
 from .engine import Engine, count_folds, load_dataset
-from .errors import DataError, MedbenchError, PluginError, ResultsError
-from .extractors import (INCEPTION, TINY, Extractor, ImageDataset, inception_url, resolve_extractor,
-                         torch_fidelity)
+from .errors import MedbenchError, PluginError, ResultsError
+from .extractors import INCEPTION, TINY, Extractor, ImageDataset, inception_url, resolve_extractor
 from .files import atomic_text
 from .progress import ConsoleProgress
+from .quality import (COPY_QUANTILE, ISC_MIN_PER_SPLIT, ISC_SPLITS, KID_SUBSET_MAX, KID_SUBSETS,
+                      PRC_NEIGHBORHOOD, RNG_SEED, FidelityMeter, isc_splits, kid_subset_size)
 from .registry import registry
 from .store import ResultsStore
 from .trainer import pick_device
 
-__all__ = ["COLUMNS", "Extractor", "FidelityMeter", "ImageDataset", "TINY", "INCEPTION",
-           "resolve_extractor", "run_fidelity"]
+# the extractors' and the meter's names are re-exported: callers of `medbench fidelity`
+# in Python find everything here
+__all__ = ["COLUMNS", "COPY_QUANTILE", "Extractor", "FidelityMeter", "ImageDataset", "INCEPTION",
+           "TINY", "isc_splits", "kid_subset_size", "resolve_extractor", "run_fidelity"]
 
 COLUMNS = ["arm", "generator", "class", "seed", "fold", "n_real", "n_synthetic", "n_test_real",
            "fid", "kid_mean", "kid_std", "kid_subset_size", "isc_mean", "isc_std", "precision",
            "recall", "fid_real_vs_real", "kid_real_vs_real", "extractor", "resize",
-           "isc_splits", "kid_subset_size_real_vs_real"]
-
-KID_SUBSET_MAX = 1000      # torch-fidelity's default subset size
-KID_SUBSETS = 100          # torch-fidelity's default number of subsets
-ISC_SPLITS = 10            # torch-fidelity's default
-ISC_MIN_PER_SPLIT = 10     # fewer splits for a small class, so no split holds under 10 images
-PRC_NEIGHBORHOOD = 3       # torch-fidelity's default k of the k-NN balls
-RNG_SEED = 2020            # torch-fidelity's default seed of KID subsets and IS shuffling
-
-
-def kid_subset_size(n1: int, n2: int) -> int:
-    """torch-fidelity's 1000, lowered to the smaller set of a small class."""
-    return min(KID_SUBSET_MAX, n1, n2)
-
-
-def isc_splits(n: int) -> int:
-    return max(1, min(ISC_SPLITS, n // ISC_MIN_PER_SPLIT))
-
-
-class FidelityMeter:
-    """Features from one extractor instance; metrics by torch-fidelity's functions."""
-
-    def __init__(self, extractor: Extractor, device: torch.device | str = "cpu",
-                 batch_size: int = 64):
-        tf = torch_fidelity()
-        from torch_fidelity.utils import create_feature_extractor
-        self.ex = extractor
-        self.cuda = torch.device(device).type == "cuda"
-        self.batch_size = batch_size
-        layers = [extractor.layer] + ([extractor.isc_layer] if extractor.isc_layer else [])
-        self.torch_fidelity_version = tf.__version__
-        try:
-            self.net = create_feature_extractor(
-                extractor.name, layers, cuda=self.cuda, verbose=False,
-                feature_extractor_weights_path=None if extractor.weights is None
-                else str(extractor.weights))
-        except Exception as exc:  # noqa: BLE001 - whatever a wrong or truncated file raises
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"cannot load the weights of {extractor.label}: {msg[:200]}; "
-                            f"torch-fidelity's file is {inception_url()}") from None
-
-    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        from torch_fidelity.utils import get_featuresdict_from_dataset
-        return get_featuresdict_from_dataset(ImageDataset(images), self.net, self.batch_size,
-                                             self.cuda, True, False)
-
-    def fid(self, f1: dict, f2: dict) -> float:
-        from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
-        if min(len(f1[self.ex.layer]), len(f2[self.ex.layer])) < 2:
-            return float("nan")
-        s1 = fid_featuresdict_to_statistics(f1, self.ex.layer)
-        s2 = fid_featuresdict_to_statistics(f2, self.ex.layer)
-        return float(fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"])
-
-    def kid(self, f1: dict, f2: dict) -> tuple[float, float, int]:
-        from torch_fidelity.metric_kid import kid_features_to_metric
-        a, b = f1[self.ex.layer], f2[self.ex.layer]
-        k = kid_subset_size(len(a), len(b))
-        if k < 2:
-            return float("nan"), float("nan"), k
-        out = kid_features_to_metric(a, b, kid_subset_size=k, kid_subsets=KID_SUBSETS,
-                                     rng_seed=RNG_SEED, verbose=False)
-        return (float(out["kernel_inception_distance_mean"]),
-                float(out["kernel_inception_distance_std"]), k)
-
-    def isc(self, f: dict) -> tuple[float, float, int]:
-        from torch_fidelity.metric_isc import isc_features_to_metric
-        if self.ex.isc_layer is None:
-            return float("nan"), float("nan"), 0
-        logits = f[self.ex.isc_layer]
-        splits = isc_splits(len(logits))
-        out = isc_features_to_metric(logits, splits, True, RNG_SEED)
-        return float(out["inception_score_mean"]), float(out["inception_score_std"]), splits
-
-    def prc(self, f_synthetic: dict, f_real: dict) -> tuple[float, float]:
-        """torch-fidelity's convention: input1 generated, input2 real."""
-        from torch_fidelity.metric_prc import prc_features_to_metric
-        a, b = f_synthetic[self.ex.layer], f_real[self.ex.layer]
-        if min(len(a), len(b)) <= PRC_NEIGHBORHOOD:
-            return float("nan"), float("nan")
-        out = prc_features_to_metric(a, b, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True,
-                                     verbose=False)
-        return float(out["precision"]), float(out["recall"])
-
-    def compare(self, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-        """All metrics of one synthetic set against one real set (uint8 images)."""
-        return self.compare_features(self.features(synthetic), self.features(real))
-
-    def reference(self, real: torch.Tensor, test: torch.Tensor) -> dict[str, Any]:
-        """The real images' features, and FID and KID between two real sets (training
-        against test): what two real samples of the class score at this size."""
-        fr, ft = self.features(real), self.features(test)
-        kid, _, k = self.kid(fr, ft)
-        return {"features": fr, "n_test": len(test), "fid": self.fid(fr, ft), "kid": kid, "k": k}
-
-    def compare_features(self, fs: dict, fr: dict) -> dict[str, float]:
-        """All metrics of synthetic features ``fs`` against real features ``fr``."""
-        kid_mean, kid_std, k = self.kid(fs, fr)
-        isc_mean, isc_std, splits = self.isc(fs)
-        precision, recall = self.prc(fs, fr)
-        return {"fid": self.fid(fs, fr), "kid_mean": kid_mean, "kid_std": kid_std,
-                "kid_subset_size": k, "isc_mean": isc_mean, "isc_std": isc_std,
-                "isc_splits": splits, "precision": precision, "recall": recall}
-
+           "isc_splits", "kid_subset_size_real_vs_real",
+           # against held-out real images at matched n, and the copy check
+           "n_heldout", "fid_heldout", "kid_heldout", "kid_heldout_std", "fid_train_heldout",
+           "kid_train_heldout", "copy_rate"]
 
 # --------------------------------------------------------------------------- a suite run
 
@@ -243,8 +147,18 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
         "prc": f"torch-fidelity's precision/recall (k = {PRC_NEIGHBORHOOD}) on the same extractor's "
                f"{ex.layer} features (torch-fidelity's own default for prc is VGG16, which "
                "needs a download); synthetic = input1, real training = input2",
-        "caveat": "FID is biased upwards for small sets: compare a row's fid with its "
-                  "fid_real_vs_real, both of which use few images for small classes",
+        "heldout": "n_heldout = the fold's real test images of the class (capped at max_images), "
+                   "never seen by the generator; fid_heldout, kid_heldout: the first n_heldout "
+                   "synthetic images against them; fid_train_heldout, kid_train_heldout: as many "
+                   "real training images against the same held-out images (the floor a "
+                   "generator could reach at this n). Reporting only: nothing selects on them",
+        "copy_rate": f"share of synthetic images whose nearest real training image (Euclidean, "
+                     f"{ex.layer} features) is nearer than the {COPY_QUANTILE:g} quantile of the "
+                     "held-out images' nearest-training distances: about "
+                     f"{COPY_QUANTILE:g} for new images, 1 for copies (oversampling)",
+        "caveat": "FID is biased upwards for small sets: below 2000 images per set read KID "
+                  "(unbiased), and compare each number with its real-vs-real counterpart at "
+                  "the same n",
         "notes": ex.notes, "generators_fitted_now": [], "skipped": [], "rows": 0,
     }
     json_path, csv_path = out / "fidelity.json", out / "fidelity.csv"
@@ -302,13 +216,17 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                     test = test[torch.from_numpy(_subset(len(test), max_images, seed, f, c, 1))]
                     references[key] = meter.reference(real, test)
                 ref = references[key]
-                m = meter.compare_features(meter.features(synth), ref["features"])
+                f_synth = meter.features(synth)
+                m = meter.compare_features(f_synth, ref["features"])
+                # held out: the fold's test images of the class, as many synthetic and
+                # training images as there are of them (reporting only, never selection)
+                h = meter.heldout(f_synth, ref["features"], ref["test_features"])
                 row = {"arm": arm.name, "generator": f"{gen_info.name} ({gen_info.package} "
                        f"{gen_info.version})", "class": cls, "seed": seed, "fold": f,
                        "n_real": len(real), "n_synthetic": len(synth), "n_test_real": ref["n_test"],
                        **m, "fid_real_vs_real": ref["fid"], "kid_real_vs_real": ref["kid"],
                        "extractor": ex.label, "resize": ex.resize,
-                       "kid_subset_size_real_vs_real": ref["k"]}
+                       "kid_subset_size_real_vs_real": ref["k"], **h}
                 rows.append(row)
                 done += 1
                 atomic_text(csv_path, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
@@ -317,7 +235,10 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                                   f"{_fmt(row['kid_mean'], 3)} (real vs real {_fmt(ref['kid'], 3)}), "
                                   f"precision {_fmt(row['precision'], 3)} recall "
                                   f"{_fmt(row['recall'], 3)}, n={len(synth)} synthetic vs "
-                                  f"{len(real)} real ({time.perf_counter() - t0:.1f} s)")
+                                  f"{len(real)} real; held out (n={h['n_heldout']}): KID "
+                                  f"{_fmt(h['kid_heldout'], 3)} (real train "
+                                  f"{_fmt(h['kid_train_heldout'], 3)}), copy rate "
+                                  f"{_fmt(h['copy_rate'], 3)} ({time.perf_counter() - t0:.1f} s)")
     finally:
         progress.close()
     df = pd.DataFrame(rows, columns=COLUMNS)

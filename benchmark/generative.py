@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from typing import Any, Callable
 
 import torch
@@ -32,13 +33,13 @@ from torch import nn
 from .api import Generator
 from .errors import GeneratorDiverged, ParameterError, TrainingError
 
-__all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "NeuralGenerator", "WeightAverage", "from_unit",
-           "mean_pairwise_distance", "seed_for", "to_unit"]
+__all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "ImagesShown", "NeuralGenerator", "WeightAverage",
+           "from_unit", "kimg_target", "mean_pairwise_distance", "seed_for", "to_unit"]
 
 
 # parameters every neural generator takes: collapse_check false keeps a generator whose samples are
 # nearly identical (by default that is a failure, like a NaN loss)
-COMMON = {"collapse_check": True}
+COMMON = {"collapse_check": True, "seconds": None}
 GRID_SIDE = 8          # sample grids are GRID_SIDE x GRID_SIDE images
 COLLAPSE_RATIO = 0.05  # sample diversity below this fraction of the real images' = collapse
 
@@ -69,6 +70,52 @@ def seed_for(*parts: Any) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+class ImagesShown:
+    """The budget of a fit in images shown: real images the discriminator (or the
+    model) has seen, the unit of the GAN literature (``kimg``: thousands of them), so
+    generators of every family compare at equal cost. ``target`` images (None: the
+    caller's loop decides, e.g. whole epochs), an optional wall-clock cap in seconds."""
+
+    def __init__(self, target: int | None = None, seconds: float | None = None):
+        self.target, self.cap = target, seconds
+        self.shown, self.steps = 0, 0
+        self.stopped_by = "epochs" if target is None else "budget"
+        self._t0 = time.perf_counter()
+
+    def add(self, images: int) -> None:
+        """One step that showed ``images`` real images."""
+        self.shown += int(images)
+        self.steps += 1
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def done(self) -> bool:
+        if self.target is not None and self.shown >= self.target:
+            return True
+        if self.cap is not None and self.elapsed() >= self.cap:
+            self.stopped_by = "seconds"
+            return True
+        return False
+
+    def fraction(self) -> float:
+        return 0.0 if not self.target else min(1.0, self.shown / self.target)
+
+    def record(self) -> dict:
+        return {"kimg": round(self.shown / 1000.0, 3), "steps": self.steps,
+                "seconds": round(self.elapsed(), 2), "stopped_by": self.stopped_by}
+
+
+def kimg_target(kimg: Any, who: str) -> int | None:
+    """A ``kimg`` parameter as a number of images (None when not given)."""
+    if kimg is None:
+        return None
+    if isinstance(kimg, bool) or not isinstance(kimg, (int, float)) or kimg <= 0:
+        raise ParameterError(f"generator {who!r}: kimg = {kimg!r}; use a positive number of "
+                             "thousands of real images shown")
+    return max(1, int(round(float(kimg) * 1000)))
+
+
 class NeuralGenerator(Generator):
     """A generator of networks trained on the images (see the module's docstring)."""
 
@@ -83,6 +130,10 @@ class NeuralGenerator(Generator):
         super().__init__(**params)
         if self.cfg["collapse_check"] not in (True, False):
             raise ParameterError(f"generator {self.name!r}: collapse_check must be true or false")
+        cap = self.cfg["seconds"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+            raise ParameterError(f"generator {self.name!r}: seconds = {cap!r}; use a positive number "
+                                 "(a wall-clock cap on the fit) or leave it out")
         self.G: nn.Module | None = None
         self.device = torch.device("cpu")
         self.seed = 0
@@ -193,7 +244,8 @@ class NeuralGenerator(Generator):
     def state_dict(self) -> dict:
         return {"cfg": self.cfg, "shape": self.shape, "num_classes": self.num_classes,
                 "class_ids": self.class_ids, "seed": self.seed, "history": self.history,
-                "grids": self.grids, "notes": self.notes, "extra": self._extra_state(),
+                "grids": self.grids, "notes": self.notes, "record": self.record,
+                "extra": self._extra_state(),
                 "G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}}
 
     def load_state_dict(self, state: dict, device: str = "cpu") -> "NeuralGenerator":
@@ -204,6 +256,7 @@ class NeuralGenerator(Generator):
         self.history = list(state["history"])
         self.grids = list(state["grids"])
         self.notes = list(state["notes"])
+        self.record = dict(state.get("record", {}))
         self.device = torch.device(device)
         self._build(self.shape[0], self.shape[1], self.num_classes)
         self._load_extra_state(state["extra"])

@@ -140,7 +140,7 @@ def write_generator_artifacts(out: Path, generator_name: str, params: dict, key:
         _grid_png(folder / "real.png", _real_grid(real[0], real[1], class_name is None))
     info = {"key": key, "generator": generator_name, "params": params, "seed": seed,
             "fold": fold, "class": class_name, "source": source,
-            "notes": list(g.notes), "steps": len(history),
+            "notes": list(g.notes), "steps": len(history), "record": dict(g.record),
             "grids": [label for label, _ in grids]}
     atomic_text(info_path, json.dumps(info, indent=2, default=str))
     return folder

@@ -235,7 +235,12 @@ def threads_words(df: pd.DataFrame | None) -> str:
 
 
 # ------------------------------------------------------------------ fidelity
-FIDELITY_SHOWN = [("n_real", "real images"), ("n_synthetic", "synthetic images"),
+# held-out, matched-n numbers lead (KID first: unbiased at the small n of medical
+# classes), then the copy check, then the protocol against the training images
+FIDELITY_SHOWN = [("n_heldout", "held-out images"), ("kid_heldout", "KID held-out"),
+                  ("kid_train_heldout", "KID real train vs held-out"),
+                  ("fid_heldout", "FID held-out"), ("fid_train_heldout", "FID real train vs held-out"),
+                  ("copy_rate", "copy rate"), ("n_real", "real images"), ("n_synthetic", "synthetic images"),
                   ("n_test_real", "real test images"), ("fid", "FID"),
                   ("kid_mean", "KID"), ("kid_std", "KID std"), ("isc_mean", "IS"),
                   ("precision", "precision"), ("recall", "recall"),

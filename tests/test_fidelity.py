@@ -119,6 +119,10 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     # copies of the training images sit closer to them than the real test images do
     over = df[df.arm == "oversample"]
     assert over.fid.mean() < over.fid_real_vs_real.mean()
+    # held out at matched n: as many as the class has test images; oversampling copies
+    assert (df.n_heldout == np.minimum(df.n_test_real, df.n_synthetic)).all()
+    assert (over.copy_rate == 1.0).all()
+    assert (df[df.arm == "lsgan"].copy_rate < 1.0).all()
     # the reference does not depend on the arm
     ref = df.pivot_table(index=["class", "fold"], columns="arm", values="fid_real_vs_real")
     assert np.allclose(ref["oversample"], ref["lsgan"])
@@ -197,3 +201,23 @@ def test_a_file_that_is_not_inception_weights_is_one_line_exit_2(write_suite, tm
                                  str(tmp_path / "res"), "--fid-weights", str(bogus)])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "cannot load the weights" in r.stderr
+
+
+def test_copy_rate_is_1_for_copies_and_about_the_quantile_for_new_real_images(meter):
+    train, heldout, other = blobs(300, 10), blobs(200, 11), blobs(400, 12)
+    ft, fh = meter.features(train), meter.features(heldout)
+    copies = train[torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(0))]
+    assert meter.copy_rate(meter.features(copies), ft, fh) == 1.0          # oversampling
+    fresh = meter.copy_rate(meter.features(other), ft, fh)                 # unseen real images
+    assert abs(fresh - fm.COPY_QUANTILE) < 0.04, fresh
+
+
+def test_heldout_compares_at_matched_n_beside_real_training_images(meter):
+    train, heldout = blobs(300, 13), blobs(60, 14)
+    synth = shifted(blobs(250, 15), 40)
+    out = meter.heldout(meter.features(synth), meter.features(train), meter.features(heldout))
+    assert out["n_heldout"] == 60
+    # the real training images are far closer to the held-out ones than shifted images
+    assert out["kid_train_heldout"] < out["kid_heldout"]
+    assert out["fid_train_heldout"] < out["fid_heldout"]
+    assert 0 <= out["copy_rate"] <= 1

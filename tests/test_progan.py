@@ -16,8 +16,8 @@ from medbench.plugins.generators.progan import ProCritic, ProGAN, ProGenerator
 
 # Tuned for the learning test: a few hundred steps per class on a CPU. The equalized
 # learning rate moves weights by about lr per step, so so few steps need lr 0.01.
-LEARN = {"epochs": [6, 12, 16], "batch_size": 16, "fmaps": 32, "fmaps_min": 8, "lr": 0.01}
-TINY = {"latent": 16, "epochs": [1, 3, 3], "batch_size": 8, "fmaps": 8, "fmaps_min": 4,
+LEARN = {"epochs": [6, 12, 16], "batch_size": 16, "fmaps_base": 64, "fmaps_max": 32, "fmaps_min": 8, "lr": 0.01}
+TINY = {"latent": 16, "epochs": [1, 3, 3], "batch_size": 8, "fmaps_base": 16, "fmaps_max": 8, "fmaps_min": 4,
         "fade": 0.5}
 
 
@@ -55,8 +55,10 @@ def test_progan_learns_the_phantom_classes():
         assert {row["resolution"] for row in g.history} == {7, 14, 28}
         assert all(math.isfinite(row["d_loss"]) and math.isfinite(row["g_loss"])
                    for row in g.history)
-        assert [label for label, _ in g.grids] == ["stage 1/3 (7 px)", "stage 2/3 (14 px)",
-                                                   "stage 3/3 (28 px)"]
+        assert [label for label, _ in g.grids] == ["stage 1/3 (7 px) (EMA)",
+                                                   "stage 2/3 (14 px) (EMA)",
+                                                   "stage 3/3 (28 px) (EMA)"]
+        assert g.record["steps"] == len(g.history) and g.record["kimg"] > 0
 
 
 # --------------------------------------------------------------------------- fade-in
@@ -151,7 +153,7 @@ def test_blend_real_mixes_with_the_low_resolution_version():
 
 @pytest.mark.parametrize("base,size,expected", [(7, 28, [7, 14, 28]), (4, 32, [4, 8, 16, 32])])
 def test_stage_outputs_grow_as_scheduled(base, size, expected):
-    g = ProGAN(base=base, latent=16, fmaps=8, fmaps_min=4, epochs=1)
+    g = ProGAN(base=base, latent=16, fmaps_base=16, fmaps_max=8, fmaps_min=4, epochs=1)
     g.prepare(_images(8, size), torch.zeros(8, dtype=torch.int64), classes=["a"])
     assert g.sizes == expected
     z = torch.randn(5, 16)
@@ -215,7 +217,7 @@ def test_gradient_penalty_uses_per_sample_interpolates(monkeypatch):
     monkeypatch.setattr(_losses, "interpolate", interp)
     monkeypatch.setattr(_losses, "gradient_penalty", gp)
     x, y = _class0(40)
-    g = ProGAN(**{**TINY, "n_critic": 2}).fit(x, y, classes=gan_check.CLASSES)
+    g = ProGAN(**{**TINY, "n_critic": 2, "diffaug": False}).fit(x, y, classes=gan_check.CLASSES)
     critic_updates = 5 * (1 + 3 + 3)          # 5 batches of 8 per epoch, one update each
     assert len(g.history) == 3 * (1 + 3 + 3)  # ceil(5 / 2) generator steps per epoch
     assert len(gp_calls) == len(eps_seen) == critic_updates

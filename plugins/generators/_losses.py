@@ -52,10 +52,15 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, t
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *args) -> torch.Tensor:
     """E[(||grad D(x_hat)||_2 - 1)^2] over per-sample interpolates; extra args (a
-    class label, a fade-in alpha) are passed to the critic unchanged."""
+    class label, a fade-in alpha) are passed to the critic unchanged.
+
+    A PatchGAN critic scores each image with a map of patch scores, and the loss
+    averages them; the penalty is taken on that same per-image average (the gradient of
+    a sum of P patch scores would be P times larger and multiply lambda by P)."""
     x_hat, _ = interpolate(real.detach(), fake.detach())
     x_hat.requires_grad_(True)
     score = critic(x_hat, *args)
-    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    per_image = score.reshape(score.shape[0], -1).mean(1)
+    (grad,) = torch.autograd.grad(per_image.sum(), x_hat, create_graph=True)
     norm = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
     return (norm - 1).pow(2).mean()

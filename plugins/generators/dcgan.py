@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import spectral_norm
+from torch.nn.utils.parametrizations import spectral_norm
 
 from medbench.errors import ParameterError, SuiteError
-from medbench.generative import WeightAverage
+from medbench.generative import ImagesShown, WeightAverage, kimg_target
 from medbench.hookspecs import hookimpl
 
+from . import _diffaug as diffaug
 from ._adversarial import AdversarialGenerator, adam, real_batches
 from ._losses import LOSSES, d_loss, g_loss, gradient_penalty
 
@@ -187,15 +188,22 @@ class FCD(nn.Module):
 class DCGANFamily(AdversarialGenerator):
     defaults = {
         "arch": "conv", "loss": "hinge", "spectral_norm": True, "patch": True,
-        "latent": 256, "n_layers": 3, "width": 64, "embed_dim": 50, "dropout": 0.3,
+        "latent": 256, "n_layers": "auto", "width": 64, "embed_dim": 50, "dropout": 0.3,
         "batch_size": 32, "epochs": 50, "g_lr": 2e-4, "d_lr": 1e-4, "betas": [0.5, 0.999],
-        "n_critic": 2, "gp_lambda": 10.0, "snapshots": 4, "ema": 0.999,
+        "n_critic": 2, "gp_lambda": 10.0, "snapshots": 4, "ema": 0.999, "kimg": None,
+        "diffaug": "auto",
     }
     choices = {"arch": ("conv", "fc"), "loss": LOSSES, "spectral_norm": (True, False),
                "patch": (True, False)}
 
     def __init__(self, **params):
         super().__init__(**params)
+        layers = self.cfg["n_layers"]
+        if layers != "auto" and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+            raise ParameterError(f"generator {self.name!r}: n_layers = {layers!r}; use auto (the "
+                                 "depth follows the image size) or a positive integer")
+        kimg_target(self.cfg["kimg"], self.name)
+        diffaug.check(self.cfg["diffaug"], self.name)
         ema = self.cfg["ema"]
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             raise ParameterError(f"generator {self.name!r}: ema = {ema!r}; use a decay in [0, 1), "
@@ -210,8 +218,12 @@ class DCGANFamily(AdversarialGenerator):
     def _build(self, channels, size, num_classes):
         cfg = self.cfg
         self.check_data(size, channels)
-        blocks = min(int(cfg["n_layers"]), max_blocks(size))
-        if cfg["arch"] == "conv" and blocks < int(cfg["n_layers"]):
+        # the depth follows the image size: up-sampling blocks from the smallest grid of at
+        # least 3 px (28 px: 7 -> 14 -> 28; 224 px: 7 -> ... -> 224), so a large image never
+        # starts from a large grid through one huge first layer
+        depth = max_blocks(size) if cfg["n_layers"] == "auto" else int(cfg["n_layers"])
+        blocks = min(depth, max_blocks(size))
+        if cfg["arch"] == "conv" and blocks < depth:
             note = (f"{self.name}: n_layers {cfg['n_layers']} capped at {blocks} for "
                     f"{size} px images")
             if note not in self.notes:
@@ -240,46 +252,79 @@ class DCGANFamily(AdversarialGenerator):
         opt_g = adam(self.G.parameters(), float(cfg["g_lr"]), betas)
         opt_d = adam(self.D.parameters(), float(cfg["d_lr"]), betas)
         latent, n_critic = int(cfg["latent"]), max(1, int(cfg["n_critic"]))
+        target = kimg_target(cfg["kimg"], self.name)
         epochs = int(cfg["epochs"])
-        snap_every = max(1, epochs // max(1, int(cfg["snapshots"])))
+        budget = ImagesShown(target, cfg["seconds"])
+        aug = diffaug.configure(cfg["diffaug"], len(x), self.name)
+        if aug is not None:
+            self._note(f"{self.name}: the discriminator sees {aug.describe()} of real and "
+                       "generated images alike")
+        planned = target if target is not None else epochs * len(x)
+        n_snaps = max(1, int(cfg["snapshots"]))
+        next_snap = 1
         self.G.train()
         self.D.train()
         ema = WeightAverage(self.G, float(cfg["ema"])) if cfg["ema"] else None
-        step = 0
         g_value = float("nan")
-        for epoch in range(epochs):
+        epoch = 0
+        while (epoch < epochs) if target is None else not budget.done():
+            if target is None and cfg["seconds"] is not None and budget.done():
+                break
+            epoch += 1
             for idx in real_batches(len(x), int(cfg["batch_size"]), self.device):
                 real, labels = x[idx], y[idx]
                 z = torch.randn(len(idx), latent, device=self.device)
                 fake = self.G(z, labels)
-                loss_d = d_loss(kind, self.D(real, labels), self.D(fake.detach(), labels))
-                if kind == "wgan-gp":
+                prm = aug.draw(len(idx), real.shape[1:], self.device) if aug else None
+                seen = (lambda v, p=prm: aug.apply(v, p)) if aug else (lambda v: v)
+                d_real = self.D(seen(real), labels)
+                d_fake = self.D(seen(fake.detach()), labels)
+                loss_d = d_loss(kind, d_real, d_fake)
+                if kind == "wgan-gp":     # the critic the penalty constrains is D(T(.))
                     loss_d = loss_d + float(cfg["gp_lambda"]) * gradient_penalty(
-                        self.D, real, fake, labels)
+                        lambda v, lab: self.D(seen(v), lab), real, fake, labels)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                step += 1
-                if step % n_critic == 0:
+                if aug is not None:
+                    aug.adapt(d_real)
+                budget.add(len(idx))
+                if budget.steps % n_critic == 0:
                     z = torch.randn(len(idx), latent, device=self.device)
-                    loss_g = g_loss(kind, self.D(self.G(z, labels), labels))
+                    gen = self.G(z, labels)
+                    if aug is not None:
+                        gen = aug.apply(gen, aug.draw(len(idx), gen.shape[1:], self.device))
+                    loss_g = g_loss(kind, self.D(gen, labels))
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()
                     opt_g.step()
                     g_value = float(loss_g.detach())
                     if ema is not None:
                         ema.update(self.G)
-                self._log(epoch=epoch + 1, step=step, d_loss=float(loss_d.detach()),
-                          g_loss=g_value if step >= n_critic else 0.0)
-            if epoch + 1 == epochs and ema is not None:
-                ema.copy_to(self.G)          # samples come from the averaged weights
-            if (epoch + 1) % snap_every == 0 or epoch + 1 == epochs:
-                self._snapshot(f"epoch {epoch + 1}" + (" (EMA)" if epoch + 1 == epochs
-                                                        and ema is not None else ""))
+                row = {"epoch": epoch, "step": budget.steps, "kimg": budget.shown / 1000.0,
+                       "d_loss": float(loss_d.detach()),
+                       "g_loss": g_value if budget.steps >= n_critic else 0.0,
+                       "margin": float(d_real.detach().mean() - d_fake.detach().mean())}
+                if aug is not None and aug.adaptive:
+                    row["augment_p"] = aug.p
+                self._log(**row)
+                if budget.shown >= next_snap * planned / n_snaps and next_snap < n_snaps:
+                    self._snapshot(f"{budget.shown / 1000:.1f} kimg")
+                    next_snap += 1
+                if target is not None and budget.done():
+                    break
             if progress is not None:
-                progress(f"{self.name} epoch {epoch + 1}/{epochs}", (epoch + 1) / epochs)
-        if epochs == 0:
-            self._snapshot("untrained")
+                frac = budget.fraction() if target is not None else epoch / max(epochs, 1)
+                progress(f"{self.name} {budget.shown / 1000:.1f} kimg", frac)
+        if ema is not None and budget.steps:
+            ema.copy_to(self.G)          # samples come from the averaged weights
+        self.record = budget.record()
+        self._snapshot(f"{budget.shown / 1000:.1f} kimg" + (" (EMA)" if ema is not None else "")
+                       if budget.steps else "untrained")
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
 
 class DCGAN(DCGANFamily):
@@ -292,7 +337,17 @@ class CGAN(DCGANFamily):
     name = "cgan"
     description = "conditional DCGAN with a projection discriminator (seed 003), one for all classes"
     conditional = True
-    defaults = {**DCGANFamily.defaults, "latent": 100, "n_layers": 4}
+    defaults = {**DCGANFamily.defaults, "latent": 100}
+    # `arch: fc` is seed 001's CGAN: dense layers, the class embedding concatenated to the
+    # noise and to the flattened image, BCE, Adam lr 2e-4 for both nets, no spectral norm;
+    # these replace the defaults that the suite does not set itself
+    FC = {"loss": "bce", "spectral_norm": False, "patch": False, "g_lr": 2e-4, "d_lr": 2e-4,
+          "n_critic": 1, "dropout": 0.0, "betas": [0.5, 0.999]}
+
+    def __init__(self, **params):
+        if params.get("arch") == "fc":
+            params = {**self.FC, **params}
+        super().__init__(**params)
 
 
 class LSGAN(DCGANFamily):

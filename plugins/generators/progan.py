@@ -31,6 +31,9 @@ from torch import nn
 from medbench.errors import ParameterError, SuiteError
 from medbench.hookspecs import hookimpl
 
+from medbench.generative import ImagesShown, WeightAverage, kimg_target
+
+from . import _diffaug as diffaug
 from . import _losses
 from ._adversarial import AdversarialGenerator, adam, real_batches
 
@@ -88,9 +91,12 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
     return torch.cat([x, y], dim=1)
 
 
-def stage_channels(stages: int, fmaps: int, fmaps_min: int) -> list[int]:
-    """Feature maps per stage: fmaps at the lowest resolution, halved per stage."""
-    return [max(int(fmaps_min), int(fmaps) >> i) for i in range(stages)]
+def stage_channels(stages: int, fmaps_base: int, fmaps_max: int, fmaps_min: int = 1) -> list[int]:
+    """Feature maps per stage, Karras et al.'s schedule: min(fmaps_max, fmaps_base / 2^s)
+    for stage s = 1, 2, ... from the lowest resolution (their 8192 and 512 keep 512 maps
+    up to 32 px, then halve), never below fmaps_min."""
+    return [max(int(fmaps_min), min(int(fmaps_max), int(fmaps_base) >> (i + 1)))
+            for i in range(stages)]
 
 
 # --------------------------------------------------------------------------- networks
@@ -173,14 +179,14 @@ class ProCritic(nn.Module):
 # --------------------------------------------------------------------------- plugin
 
 
-def _per_stage(name: str, value, stages: int, sizes: list[int]) -> list[int]:
+def _per_stage(name: str, value, stages: int, sizes: list[int], cast=int) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != stages:
             raise ParameterError(f"generator 'progan': {name} has {len(value)} entries but there are "
                                  f"{stages} stages ({', '.join(map(str, sizes))} px); give one per "
-                                 "stage or a single integer")
-        return [int(v) for v in value]
-    return [int(value)] * stages
+                                 "stage or a single number")
+        return [cast(v) for v in value]
+    return [cast(value)] * stages
 
 
 def _is_int(v) -> bool:
@@ -202,8 +208,12 @@ class ProGAN(AdversarialGenerator):
         "n_critic": 1,
         "gp_lambda": 10.0,
         "drift": 0.001,
-        "fmaps": 64,
+        "fmaps_base": 128,
+        "fmaps_max": 64,
         "fmaps_min": 16,
+        "kimg": None,
+        "ema": 0.999,
+        "diffaug": "auto",
     }
 
     def __init__(self, **params):
@@ -213,7 +223,7 @@ class ProGAN(AdversarialGenerator):
         def bad(key: str, want: str):
             raise ParameterError(f"generator 'progan': {key} = {c[key]!r}; {want}")
 
-        for key in ("latent", "base", "n_critic", "fmaps", "fmaps_min"):
+        for key in ("latent", "base", "n_critic", "fmaps_base", "fmaps_max", "fmaps_min"):
             if not _is_int(c[key]) or c[key] < 1:
                 bad(key, "use a positive integer")
         if c["base"] < 2:
@@ -234,7 +244,14 @@ class ProGAN(AdversarialGenerator):
         for key in ("gp_lambda", "drift"):
             if not isinstance(c[key], (int, float)) or c[key] < 0:
                 bad(key, "use a number >= 0")
+        for v in (c["kimg"] if isinstance(c["kimg"], (list, tuple)) else [c["kimg"]]):
+            kimg_target(v, self.name)
+        if isinstance(c["ema"], bool) or not isinstance(c["ema"], (int, float)) \
+                or not 0 <= c["ema"] < 1:
+            bad("ema", "use a decay in [0, 1), e.g. 0.999 (Karras et al.), or 0 for none")
+        diffaug.check(c["diffaug"], self.name)
         self.stage = 0
+        self.aug = None             # DiffAugment, chosen in _train for the data at hand
         self.alpha_trace: list[tuple[int, int, float, float, float]] = []
 
     # ------------------------------------------------------------------ schedule
@@ -256,6 +273,8 @@ class ProGAN(AdversarialGenerator):
         sizes = self.stage_sizes(size)
         _per_stage("epochs", self.cfg["epochs"], len(sizes), sizes)
         _per_stage("batch_size", self.cfg["batch_size"], len(sizes), sizes)
+        if self.cfg["kimg"] is not None:
+            _per_stage("kimg", self.cfg["kimg"], len(sizes), sizes, cast=float)
 
     # ------------------------------------------------------------------ networks
     def _build(self, channels: int, size: int, num_classes: int) -> None:
@@ -264,7 +283,7 @@ class ProGAN(AdversarialGenerator):
         n = len(self.sizes)
         self.epochs = _per_stage("epochs", c["epochs"], n, self.sizes)
         self.batch_sizes = _per_stage("batch_size", c["batch_size"], n, self.sizes)
-        chans = stage_channels(n, c["fmaps"], c["fmaps_min"])
+        chans = stage_channels(n, c["fmaps_base"], c["fmaps_max"], c["fmaps_min"])
         self.G = ProGenerator(int(c["latent"]), int(c["base"]), chans, channels).to(self.device)
         self.D = ProCritic(int(c["base"]), chans, channels).to(self.device)
         self.stage = n - 1          # an untrained or loaded generator samples at full size
@@ -316,6 +335,17 @@ class ProGAN(AdversarialGenerator):
         low = F.interpolate(F.avg_pool2d(real_r, 2), scale_factor=2, mode="nearest")
         return alpha * real_r + (1.0 - alpha) * low, float(alpha)
 
+    def stage_steps(self, n: int) -> list[int]:
+        """Steps (n_critic critic updates, then one generator update) of each stage: its
+        epochs over the n real images, or, with ``kimg``, as many steps as show the
+        stage's thousands of real images to the critic (fade-in, then stabilise)."""
+        c, stages = self.cfg, len(self.sizes)
+        if c["kimg"] is None:
+            return [self.epochs[i] * self._steps_per_epoch(n, i) for i in range(stages)]
+        kimg = _per_stage("kimg", c["kimg"], stages, self.sizes, cast=float)
+        per_step = [max(2, min(self.batch_sizes[i], n)) * int(c["n_critic"]) for i in range(stages)]
+        return [max(1, math.ceil(kimg[i] * 1000 / per_step[i])) for i in range(stages)]
+
     def _train(self, x: torch.Tensor, y: torch.Tensor,
                progress: Callable[[str, float], None] | None) -> None:
         c = self.cfg
@@ -323,8 +353,14 @@ class ProGAN(AdversarialGenerator):
         n_critic, latent = int(c["n_critic"]), int(c["latent"])
         lam, drift = float(c["gp_lambda"]), float(c["drift"])
         betas = (float(c["betas"][0]), float(c["betas"][1]))
-        per_stage = [self.epochs[i] * self._steps_per_epoch(n, i) for i in range(n_stages)]
+        per_stage = self.stage_steps(n)
         total = max(1, sum(per_stage))
+        budget = ImagesShown(None, c["seconds"])
+        self.aug = diffaug.configure(c["diffaug"], n, self.name)
+        if self.aug is not None:
+            self.notes.append(f"progan: the critic sees {self.aug.describe()} of real and "
+                              "generated images alike")
+        ema = WeightAverage(self.G, float(c["ema"])) if c["ema"] else None
         self.alpha_trace = []
         step, done = 0, 0
         for s, res in enumerate(self.sizes):
@@ -332,8 +368,8 @@ class ProGAN(AdversarialGenerator):
             real_s = F.avg_pool2d(x, size // res) if res != size else x
             opt_g = adam(self.G.parameters(), float(c["lr"]), betas)    # fresh per stage
             opt_d = adam(self.D.parameters(), float(c["lr"]), betas)
-            t, bs = 0, self.batch_sizes[s]
-            for e in range(self.epochs[s]):
+            t, bs, e = 0, self.batch_sizes[s], 0
+            while t < per_stage[s] and not budget.done():
                 batches = list(real_batches(n, bs, self.device))
                 for k in range(0, len(batches), n_critic):
                     alpha = self.alpha_at(s, t, per_stage[s])
@@ -341,33 +377,69 @@ class ProGAN(AdversarialGenerator):
                                      latent, lam, drift)
                     self.alpha_trace.append((s, step, self.G.last_alpha, row.pop("critic_alpha"),
                                              row.pop("real_alpha")))
-                    self._log(stage=s, resolution=res, epoch=e, step=step, alpha=alpha, **row)
+                    budget.add(sum(len(i) for i in batches[k:k + n_critic]))
+                    if ema is not None:
+                        ema.update(self.G)
+                    self._log(stage=s, resolution=res, epoch=e, step=step, alpha=alpha,
+                              kimg=budget.shown / 1000.0, **row)
                     t, step, done = t + 1, step + 1, done + 1
+                    if t >= per_stage[s] or budget.done():
+                        break
+                e += 1
                 if progress is not None:
-                    progress(f"progan stage {s + 1}/{n_stages} ({res} px) epoch "
-                             f"{e + 1}/{self.epochs[s]}", done / total)
-            self._snapshot(f"stage {s + 1}/{n_stages} ({res} px)")
+                    where = (f"epoch {e}/{self.epochs[s]}" if c["kimg"] is None
+                             else f"{budget.shown / 1000:.1f} kimg")
+                    progress(f"progan stage {s + 1}/{n_stages} ({res} px) {where}", done / total)
+            self._ema_snapshot(ema, f"stage {s + 1}/{n_stages} ({res} px)")
         self.stage = n_stages - 1
+        if ema is not None and step:
+            ema.copy_to(self.G)          # samples come from the averaged weights (Karras et al.)
+        if c["kimg"] is not None and budget.stopped_by == "epochs":
+            budget.stopped_by = "budget"  # the stages' kimg, counted in steps above
+        self.record = budget.record()
+
+    def _ema_snapshot(self, ema, label: str) -> None:
+        """A sample grid from the averaged generator, training weights left as they were."""
+        if ema is None:
+            self._snapshot(label)
+            return
+        live = {k: v.detach().clone() for k, v in self.G.named_parameters()}
+        ema.copy_to(self.G)
+        try:
+            self._snapshot(label + " (EMA)")
+        finally:
+            with torch.no_grad():
+                for k, v in self.G.named_parameters():
+                    v.copy_(live[k])
 
     def _step(self, s, alpha, real_s, batches, opt_g, opt_d, latent, lam, drift) -> dict:
-        """n_critic critic updates (one per real batch), then one generator update."""
-        G, D = self.G, self.D
+        """n_critic critic updates (one per real batch), then one generator update. With
+        DiffAugment the critic sees T(real) and T(fake), one draw of T for both, and its
+        gradient penalty constrains D(T(.)); the generator step draws T anew."""
+        G, D, aug = self.G, self.D, self.aug
         for idx in batches:
             real, real_alpha = self.blend_real(real_s[idx], alpha)
             with torch.no_grad():
                 fake = G(torch.randn(len(idx), latent, device=self.device), s, alpha)
-            d_real = D(real, s, alpha)
+            prm = aug.draw(len(idx), real.shape[1:], self.device) if aug is not None else None
+            seen = (lambda v, p=prm: aug.apply(v, p)) if aug is not None else (lambda v: v)
+            d_real = D(seen(real), s, alpha)
             d_alpha = D.last_alpha
-            d_fake = D(fake, s, alpha)
-            gp = _losses.gradient_penalty(D, real, fake, s, alpha)
+            d_fake = D(seen(fake), s, alpha)
+            critic = D if aug is None else (lambda v, st, a: D(seen(v), st, a))
+            gp = _losses.gradient_penalty(critic, real, fake, s, alpha)
             d_loss = d_fake.mean() - d_real.mean() + lam * gp + drift * d_real.pow(2).mean()
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
+            if aug is not None:
+                aug.adapt(d_real)
         for p in D.parameters():
             p.requires_grad_(False)
         try:
             fake = G(torch.randn(len(batches[-1]), latent, device=self.device), s, alpha)
+            if aug is not None:
+                fake = aug.apply(fake, aug.draw(len(fake), fake.shape[1:], self.device))
             g_loss = -D(fake, s, alpha).mean()
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -376,6 +448,7 @@ class ProGAN(AdversarialGenerator):
             for p in D.parameters():
                 p.requires_grad_(True)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "gp": gp.item(),
+                "margin": float(d_real.detach().mean() - d_fake.detach().mean()),
                 "real_alpha": real_alpha, "critic_alpha": d_alpha}
 
 
