@@ -70,11 +70,23 @@ def _how_args(executor: str = "local", jobs: int = 1, threads: int | None = None
 
 
 def _command_line(*args) -> str:
-    """The command that reproduces this run, as a user would type it."""
+    """The command that reproduces this run, as a user would type it. MEDBENCH_DATA is
+    written relative to the working folder (``../shared/data``), never as an absolute
+    path of this machine: tables under reports/ carry this line in their headers."""
     args = " ".join(shlex.quote(str(a)) for a in args if a is not None)
     env = os.environ.get("MEDBENCH_DATA")
-    prefix = f"MEDBENCH_DATA={shlex.quote(env)} " if env else ""
+    prefix = f"MEDBENCH_DATA={shlex.quote(_portable(env))} " if env else ""
     return f"{prefix}medbench {args}".strip()
+
+
+def _portable(path: str) -> str:
+    """A data path as another machine can use it: relative to the working folder."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path)
+    except ValueError:                 # another drive (Windows): no relative form
+        return Path(path).name
 
 
 @cli.command()

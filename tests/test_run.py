@@ -173,3 +173,18 @@ def test_git_commit_is_dirty_for_changed_code_but_not_for_written_reports(tmp_pa
     assert git_commit(here) == clean              # medbench's own output: still clean
     (tmp_path / "benchmark" / "engine.py").write_text("x = 2\n")
     assert git_commit(here) == clean + "-dirty"
+
+
+def test_recorded_command_names_medbench_data_relative_to_the_working_folder(tmp_path,
+                                                                              monkeypatch):
+    from medbench.cli import _command_line
+    work, data = tmp_path / "checkout", tmp_path / "shared" / "data"
+    work.mkdir()
+    data.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MEDBENCH_DATA", str(data))             # an absolute path of this machine
+    line = _command_line("run", "suites/x.yaml")
+    assert line == "MEDBENCH_DATA=../shared/data medbench run suites/x.yaml"
+    assert str(tmp_path) not in line
+    monkeypatch.setenv("MEDBENCH_DATA", "../shared/data")      # already relative: kept
+    assert _command_line("run", "s.yaml").startswith("MEDBENCH_DATA=../shared/data ")
