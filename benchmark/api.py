@@ -152,6 +152,11 @@ class Generator:
         self.grids: list[tuple[str, torch.Tensor]] = []
         self.record: dict[str, Any] = {}
 
+    def note(self, text: str) -> None:
+        """Add a sentence to ``notes`` once (a second identical note is dropped)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
     def check_data(self, image_size: int, channels: int) -> None:
         """Refuse, before any work, data this generator cannot fit (raise a
         ``MedbenchError`` saying what to change). Default: any size is fine."""

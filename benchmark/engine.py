@@ -119,7 +119,6 @@ def check_plugins(loaded: LoadedSuite) -> None:
             raise PluginError(f"classifier {clf.name!r} has no pretrained weights; "
                               "set pretrained: false")
     for arm in s.arms:
-        injection.check_policy(arm.injection.policy)
         if arm.generator:
             info = reg.get("generators", arm.generator)
             # parameters are checked now, not after hours of other arms

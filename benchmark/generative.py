@@ -76,10 +76,13 @@ class ImagesShown:
     generators of every family compare at equal cost. ``target`` images (None: the
     caller's loop decides, e.g. whole epochs), an optional wall-clock cap in seconds."""
 
-    def __init__(self, target: int | None = None, seconds: float | None = None):
+    def __init__(self, target: int | None = None, seconds: float | None = None,
+                 planned_in: str | None = None):
+        """``planned_in``: what bounds the fit when ``target`` is None and the caller
+        counts the steps itself ("epochs", or "budget" for steps worked out from kimg)."""
         self.target, self.cap = target, seconds
         self.shown, self.steps = 0, 0
-        self.stopped_by = "epochs" if target is None else "budget"
+        self.stopped_by = "budget" if target is not None else (planned_in or "epochs")
         self._t0 = time.perf_counter()
 
     def add(self, images: int) -> None:

@@ -126,6 +126,16 @@ def _translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, ph: int, pw:
     return out.permute(0, 3, 1, 2)
 
 
+def one_draw(aug: DiffAugment | None, n: int, shape: tuple[int, ...], device):
+    """What the discriminator sees in one step: T with one draw of its parameters for
+    every batch of the step (real, fake, gradient-penalty interpolates), or the images
+    unchanged without augmentation."""
+    if aug is None:
+        return lambda x: x
+    prm = aug.draw(n, shape, device)
+    return lambda x: aug.apply(x, prm)
+
+
 def configure(value: Any, n_images: int, who: str) -> DiffAugment | None:
     """A generator's ``diffaug`` parameter as a DiffAugment, or None for off.
 

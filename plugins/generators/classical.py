@@ -80,14 +80,14 @@ class Smote(RealPool):
         k = self.cfg["k_neighbors"]
         if k > len(pool) - 1:
             k = len(pool) - 1
-            self._note(f"smote: k_neighbors reduced from {self.cfg['k_neighbors']} to {k} "
+            self.note(f"smote: k_neighbors reduced from {self.cfg['k_neighbors']} to {k} "
                        f"for class {name!r} ({len(pool)} training images)")
         pca = None
         if self.cfg["space"] == "pca":
             from sklearn.decomposition import PCA
             m = min(self.cfg["components"], len(pool) - 1, x.shape[1])
             pca = PCA(n_components=m, random_state=0).fit(x)
-            self._note(f"smote: class {name!r} interpolated in a {m}-component PCA embedding "
+            self.note(f"smote: class {name!r} interpolated in a {m}-component PCA embedding "
                        f"keeping {pca.explained_variance_ratio_.sum():.1%} of the pixel variance; "
                        "synthetic images are PCA reconstructions")
             x = pca.transform(x).astype(np.float32)
@@ -107,10 +107,6 @@ class Smote(RealPool):
             new = pca.inverse_transform(new)
         out = np.clip(np.rint(new), 0, 255).astype(np.uint8)
         return torch.from_numpy(out).reshape(n, *shape)
-
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 class Augment(RealPool):

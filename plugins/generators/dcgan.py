@@ -226,8 +226,7 @@ class DCGANFamily(AdversarialGenerator):
         if cfg["arch"] == "conv" and blocks < depth:
             note = (f"{self.name}: n_layers {cfg['n_layers']} capped at {blocks} for "
                     f"{size} px images")
-            if note not in self.notes:
-                self.notes.append(note)
+            self.note(note)
         self.blocks = blocks
         cond = num_classes if self.conditional else 0
         norm = ("spectral" if cfg["spectral_norm"] else
@@ -257,7 +256,7 @@ class DCGANFamily(AdversarialGenerator):
         budget = ImagesShown(target, cfg["seconds"])
         aug = diffaug.configure(cfg["diffaug"], len(x), self.name)
         if aug is not None:
-            self._note(f"{self.name}: the discriminator sees {aug.describe()} of real and "
+            self.note(f"{self.name}: the discriminator sees {aug.describe()} of real and "
                        "generated images alike")
         planned = target if target is not None else epochs * len(x)
         n_snaps = max(1, int(cfg["snapshots"]))
@@ -267,16 +266,14 @@ class DCGANFamily(AdversarialGenerator):
         ema = WeightAverage(self.G, float(cfg["ema"])) if cfg["ema"] else None
         g_value = float("nan")
         epoch = 0
-        while (epoch < epochs) if target is None else not budget.done():
-            if target is None and cfg["seconds"] is not None and budget.done():
-                break
+        # epochs, or images shown when kimg is given; the seconds cap ends either
+        while not budget.done() and (target is not None or epoch < epochs):
             epoch += 1
             for idx in real_batches(len(x), int(cfg["batch_size"]), self.device):
                 real, labels = x[idx], y[idx]
                 z = torch.randn(len(idx), latent, device=self.device)
                 fake = self.G(z, labels)
-                prm = aug.draw(len(idx), real.shape[1:], self.device) if aug else None
-                seen = (lambda v, p=prm: aug.apply(v, p)) if aug else (lambda v: v)
+                seen = diffaug.one_draw(aug, len(idx), real.shape[1:], self.device)
                 d_real = self.D(seen(real), labels)
                 d_fake = self.D(seen(fake.detach()), labels)
                 loss_d = d_loss(kind, d_real, d_fake)
@@ -293,7 +290,7 @@ class DCGANFamily(AdversarialGenerator):
                     z = torch.randn(len(idx), latent, device=self.device)
                     gen = self.G(z, labels)
                     if aug is not None:
-                        gen = aug.apply(gen, aug.draw(len(idx), gen.shape[1:], self.device))
+                        gen = aug(gen)         # a draw of its own for the generator step
                     loss_g = g_loss(kind, self.D(gen, labels))
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()
@@ -311,7 +308,7 @@ class DCGANFamily(AdversarialGenerator):
                 if budget.shown >= next_snap * planned / n_snaps and next_snap < n_snaps:
                     self._snapshot(f"{budget.shown / 1000:.1f} kimg")
                     next_snap += 1
-                if target is not None and budget.done():
+                if budget.done():
                     break
             if progress is not None:
                 frac = budget.fraction() if target is not None else epoch / max(epochs, 1)
@@ -321,10 +318,6 @@ class DCGANFamily(AdversarialGenerator):
         self.record = budget.record()
         self._snapshot(f"{budget.shown / 1000:.1f} kimg" + (" (EMA)" if ema is not None else "")
                        if budget.steps else "untrained")
-
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 class DCGAN(DCGANFamily):

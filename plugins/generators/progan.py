@@ -355,11 +355,12 @@ class ProGAN(AdversarialGenerator):
         betas = (float(c["betas"][0]), float(c["betas"][1]))
         per_stage = self.stage_steps(n)
         total = max(1, sum(per_stage))
-        budget = ImagesShown(None, c["seconds"])
+        # the stages' steps are counted below (from epochs, or from each stage's kimg)
+        budget = ImagesShown(None, c["seconds"], "epochs" if c["kimg"] is None else "budget")
         self.aug = diffaug.configure(c["diffaug"], n, self.name)
         if self.aug is not None:
-            self.notes.append(f"progan: the critic sees {self.aug.describe()} of real and "
-                              "generated images alike")
+            self.note(f"progan: the critic sees {self.aug.describe()} of real and "
+                      "generated images alike")
         ema = WeightAverage(self.G, float(c["ema"])) if c["ema"] else None
         self.alpha_trace = []
         step, done = 0, 0
@@ -394,8 +395,6 @@ class ProGAN(AdversarialGenerator):
         self.stage = n_stages - 1
         if ema is not None and step:
             ema.copy_to(self.G)          # samples come from the averaged weights (Karras et al.)
-        if c["kimg"] is not None and budget.stopped_by == "epochs":
-            budget.stopped_by = "budget"  # the stages' kimg, counted in steps above
         self.record = budget.record()
 
     def _ema_snapshot(self, ema, label: str) -> None:
@@ -421,8 +420,7 @@ class ProGAN(AdversarialGenerator):
             real, real_alpha = self.blend_real(real_s[idx], alpha)
             with torch.no_grad():
                 fake = G(torch.randn(len(idx), latent, device=self.device), s, alpha)
-            prm = aug.draw(len(idx), real.shape[1:], self.device) if aug is not None else None
-            seen = (lambda v, p=prm: aug.apply(v, p)) if aug is not None else (lambda v: v)
+            seen = diffaug.one_draw(aug, len(idx), real.shape[1:], self.device)
             d_real = D(seen(real), s, alpha)
             d_alpha = D.last_alpha
             d_fake = D(seen(fake), s, alpha)
@@ -439,7 +437,7 @@ class ProGAN(AdversarialGenerator):
         try:
             fake = G(torch.randn(len(batches[-1]), latent, device=self.device), s, alpha)
             if aug is not None:
-                fake = aug.apply(fake, aug.draw(len(fake), fake.shape[1:], self.device))
+                fake = aug(fake)               # a draw of its own for the generator step
             g_loss = -D(fake, s, alpha).mean()
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
