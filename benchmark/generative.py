@@ -34,12 +34,14 @@ from .api import Generator
 from .errors import GeneratorDiverged, ParameterError, TrainingError
 
 __all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "ImagesShown", "NeuralGenerator", "WeightAverage",
-           "from_unit", "kimg_target", "mean_pairwise_distance", "seed_for", "to_unit"]
+           "check_milestones", "from_unit", "kimg_images", "kimg_target", "mean_pairwise_distance", "seed_for", "to_unit"]
 
 
 # parameters every neural generator takes: collapse_check false keeps a generator whose samples are
 # nearly identical (by default that is a failure, like a NaN loss)
-COMMON = {"collapse_check": True, "seconds": None}
+# snapshots_kimg: budget milestones (thousands of images shown) at which one fit keeps the
+# generator it would have been had it stopped there (see NeuralGenerator.at)
+COMMON = {"collapse_check": True, "seconds": None, "snapshots_kimg": None}
 GRID_SIDE = 8          # sample grids are GRID_SIDE x GRID_SIDE images
 COLLAPSE_RATIO = 0.05  # sample diversity below this fraction of the real images' = collapse
 
@@ -77,11 +79,14 @@ class ImagesShown:
     caller's loop decides, e.g. whole epochs), an optional wall-clock cap in seconds."""
 
     def __init__(self, target: int | None = None, seconds: float | None = None,
-                 planned_in: str | None = None):
+                 planned_in: str | None = None, milestones: list[float] | None = None):
         """``planned_in``: what bounds the fit when ``target`` is None and the caller
-        counts the steps itself ("epochs", or "budget" for steps worked out from kimg)."""
+        counts the steps itself ("epochs", or "budget" for steps worked out from kimg).
+        ``milestones``: kimg values that ``crossed`` reports once each, at the first
+        step that reaches them."""
         self.target, self.cap = target, seconds
         self.shown, self.steps = 0, 0
+        self._milestones = sorted(float(k) for k in (milestones or []))
         self.stopped_by = "budget" if target is not None else (planned_in or "epochs")
         self._t0 = time.perf_counter()
 
@@ -92,6 +97,12 @@ class ImagesShown:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    def crossed(self) -> list[float]:
+        """The milestones (kimg) reached since the last call."""
+        hit = [k for k in self._milestones if self.shown >= kimg_images(k)]
+        self._milestones = self._milestones[len(hit):]
+        return hit
 
     def done(self) -> bool:
         if self.target is not None and self.shown >= self.target:
@@ -109,6 +120,23 @@ class ImagesShown:
                 "seconds": round(self.elapsed(), 2), "stopped_by": self.stopped_by}
 
 
+def kimg_images(kimg: float) -> int:
+    """Thousands of images as a whole number of images (at least 1)."""
+    return max(1, int(round(float(kimg) * 1000)))
+
+
+def check_milestones(value: Any, who: str) -> list[float]:
+    """A ``snapshots_kimg`` parameter as a sorted list of distinct kimg values."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(not isinstance(k, bool) and isinstance(k, (int, float)) and k > 0
+                            for k in items):
+        raise ParameterError(f"generator {who!r}: snapshots_kimg = {value!r}; use a list of "
+                             "positive numbers of thousands of images shown, e.g. [5, 10, 20]")
+    return sorted(set(float(k) for k in items))
+
+
 def kimg_target(kimg: Any, who: str) -> int | None:
     """A ``kimg`` parameter as a number of images (None when not given)."""
     if kimg is None:
@@ -116,7 +144,7 @@ def kimg_target(kimg: Any, who: str) -> int | None:
     if isinstance(kimg, bool) or not isinstance(kimg, (int, float)) or kimg <= 0:
         raise ParameterError(f"generator {who!r}: kimg = {kimg!r}; use a positive number of "
                              "thousands of real images shown")
-    return max(1, int(round(float(kimg) * 1000)))
+    return kimg_images(kimg)
 
 
 class NeuralGenerator(Generator):
@@ -137,6 +165,9 @@ class NeuralGenerator(Generator):
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             raise ParameterError(f"generator {self.name!r}: seconds = {cap!r}; use a positive number "
                                  "(a wall-clock cap on the fit) or leave it out")
+        self.milestones = check_milestones(self.cfg["snapshots_kimg"], self.name)
+        # kimg -> {"G": the sampling weights then, "extra": _extra_state(), "record": ...}
+        self.snapshots: dict[float, dict] = {}
         self.G: nn.Module | None = None
         self.device = torch.device("cpu")
         self.seed = 0
@@ -204,6 +235,37 @@ class NeuralGenerator(Generator):
         y = torch.tensor([ids[(i // GRID_SIDE) % len(ids)] for i in range(len(self._fixed_z))])
         self.grids.append((label, self._run_generator(self._fixed_z, y)))
 
+    def _check_milestones(self, total_kimg: float | None) -> None:
+        """Refuse, before training, a snapshot milestone beyond the fit's budget (when
+        the plugin knows its budget in kimg)."""
+        late = [k for k in self.milestones if total_kimg is not None and kimg_images(k) > kimg_images(total_kimg)]
+        if late:
+            raise ParameterError(f"generator {self.name!r}: snapshots_kimg {late} beyond the "
+                                 f"budget of {total_kimg:g} kimg; keep milestones within it")
+
+    def _keep(self, kimg: float, budget: "ImagesShown", ema: "WeightAverage | None") -> None:
+        """Keep the generator as a fit that stopped here would leave it: G's weights with
+        the averaged parameters in place of the live ones (as ``copy_to`` leaves a
+        finished fit), and the state sampling needs."""
+        weights = {k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()}
+        if ema is not None and ema.t:
+            weights.update({k: v.detach().cpu().clone() for k, v in ema.params.items()})
+        self.snapshots[float(kimg)] = {"G": weights, "extra": self._extra_state(),
+                                       "record": budget.record()}
+
+    def at(self, kimg: float) -> "NeuralGenerator":
+        """The generator as it was at the ``kimg`` milestone of this fit: a new instance
+        that samples (deterministically, like any fitted generator) from those weights."""
+        key = float(kimg)
+        if key not in self.snapshots:
+            have = ", ".join(f"{k:g}" for k in sorted(self.snapshots)) or "none"
+            raise TrainingError(f"{self.name}: no snapshot at {kimg:g} kimg (kept: {have}); "
+                                "set snapshots_kimg to keep it")
+        snap = self.snapshots[key]
+        state = {**self.state_dict(), "G": snap["G"], "extra": snap["extra"],
+                 "record": snap["record"], "snapshots": {}}
+        return type(self)(**self.cfg).load_state_dict(state, str(self.device))
+
     def _check_collapse(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         for c in self.class_ids:
             real = images[labels == c][:64]
@@ -248,7 +310,7 @@ class NeuralGenerator(Generator):
         return {"cfg": self.cfg, "shape": self.shape, "num_classes": self.num_classes,
                 "class_ids": self.class_ids, "seed": self.seed, "history": self.history,
                 "grids": self.grids, "notes": self.notes, "record": self.record,
-                "extra": self._extra_state(),
+                "extra": self._extra_state(), "snapshots": self.snapshots,
                 "G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}}
 
     def load_state_dict(self, state: dict, device: str = "cpu") -> "NeuralGenerator":
@@ -260,6 +322,7 @@ class NeuralGenerator(Generator):
         self.grids = list(state["grids"])
         self.notes = list(state["notes"])
         self.record = dict(state.get("record", {}))
+        self.snapshots = dict(state.get("snapshots", {}))
         self.device = torch.device(device)
         self._build(self.shape[0], self.shape[1], self.num_classes)
         self._load_extra_state(state["extra"])

@@ -200,3 +200,38 @@ def test_spectral_norm_goes_through_parametrizations():
     g = dcgan.DCGAN(width=8).prepare(*gan_check.training_set(per_class=2), classes=gan_check.CLASSES)
     names = [n for n, _ in g.D.named_parameters()]
     assert any("parametrizations.weight.original" in n for n in names)
+
+
+@pytest.mark.parametrize("family", [dcgan.DCGAN, dcgan.CGAN])
+def test_a_snapshot_equals_a_separate_fit_of_that_budget(family):
+    """One fit of 0.4 kimg that keeps snapshots at 0.1 and 0.25 kimg samples, at each,
+    exactly what a fit stopped there samples (same seed, same threads), EMA included;
+    and the snapshots survive the cache's state round trip."""
+    x, y = gan_check.training_set(per_class=12)
+    small = {"width": 8, "latent": 16, "batch_size": 8, "collapse_check": False,
+             "diffaug": True}
+    long = family(**small, kimg=0.4, snapshots_kimg=[0.25, 0.1]).fit(
+        x, y, classes=gan_check.CLASSES, seed=3)
+    assert sorted(long.snapshots) == [0.1, 0.25]
+    restored = family(**small, kimg=0.4, snapshots_kimg=[0.1, 0.25]).load_state_dict(
+        long.state_dict())
+    for k in (0.1, 0.25):
+        alone = family(**small, kimg=k).fit(x, y, classes=gan_check.CLASSES, seed=3)
+        snap = long.at(k)
+        assert snap.record["kimg"] == alone.record["kimg"] and snap.record["steps"] == alone.record["steps"]
+        for c in long.class_ids:
+            assert torch.equal(snap.sample(c, 16), alone.sample(c, 16))
+            assert torch.equal(restored.at(k).sample(c, 16), alone.sample(c, 16))
+    # the end of the fit is not a snapshot of an earlier point
+    assert not torch.equal(long.sample(long.class_ids[0], 16), long.at(0.25).sample(long.class_ids[0], 16))
+    with pytest.raises(Exception, match="no snapshot at 0.3 kimg"):
+        long.at(0.3)
+
+
+def test_snapshot_milestones_are_checked_before_training():
+    with pytest.raises(ParameterError, match="snapshots_kimg"):
+        dcgan.DCGAN(kimg=1, snapshots_kimg=[0.5, 2])
+    with pytest.raises(ParameterError, match="snapshots_kimg"):
+        dcgan.DCGAN(snapshots_kimg=["5"])
+    with pytest.raises(ParameterError, match="snapshots_kimg"):
+        ProGAN(kimg=[1, 1, 1], snapshots_kimg=[4])

@@ -26,6 +26,12 @@ Samples come from an exponential moving average of the generator's weights (``em
 0.999, warmed up as min(ema, (1 + t) / (10 + t)) over generator steps t; 0 turns it off),
 which smooths the step-to-step swings of adversarial training.
 
+``kimg`` sets the budget in thousands of real images shown to the discriminator (epochs
+when it is not given); ``snapshots_kimg: [k1, k2, ...]`` keeps, within one fit, the
+generator a fit of k kimg would have ended with (EMA weights included), reachable with
+``at(k)`` and saved with the fitted model in the cache. ``snapshots`` is the number of
+sample grids drawn along the way for the figures.
+
 Unconditional members are fitted once per class by the engine, on that class's training
 images only. ``n_layers`` is the number of 2x up-sampling blocks; at small image sizes
 it is capped at what the size allows (28 px: 7 -> 14 -> 28, two blocks) and the cap is
@@ -203,6 +209,7 @@ class DCGANFamily(AdversarialGenerator):
             raise ParameterError(f"generator {self.name!r}: n_layers = {layers!r}; use auto (the "
                                  "depth follows the image size) or a positive integer")
         kimg_target(self.cfg["kimg"], self.name)
+        self._check_milestones(self.cfg["kimg"])
         diffaug.check(self.cfg["diffaug"], self.name)
         ema = self.cfg["ema"]
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
@@ -253,12 +260,13 @@ class DCGANFamily(AdversarialGenerator):
         latent, n_critic = int(cfg["latent"]), max(1, int(cfg["n_critic"]))
         target = kimg_target(cfg["kimg"], self.name)
         epochs = int(cfg["epochs"])
-        budget = ImagesShown(target, cfg["seconds"])
+        budget = ImagesShown(target, cfg["seconds"], milestones=self.milestones)
         aug = diffaug.configure(cfg["diffaug"], len(x), self.name)
         if aug is not None:
             self.note(f"{self.name}: the discriminator sees {aug.describe()} of real and "
                        "generated images alike")
         planned = target if target is not None else epochs * len(x)
+        self._check_milestones(planned / 1000.0)
         n_snaps = max(1, int(cfg["snapshots"]))
         next_snap = 1
         self.G.train()
@@ -305,6 +313,8 @@ class DCGANFamily(AdversarialGenerator):
                 if aug is not None and aug.adaptive:
                     row["augment_p"] = aug.p
                 self._log(**row)
+                for k in budget.crossed():      # the generator a fit of k kimg would end with
+                    self._keep(k, budget, ema)
                 if budget.shown >= next_snap * planned / n_snaps and next_snap < n_snaps:
                     self._snapshot(f"{budget.shown / 1000:.1f} kimg")
                     next_snap += 1

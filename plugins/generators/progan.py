@@ -250,6 +250,10 @@ class ProGAN(AdversarialGenerator):
                 or not 0 <= c["ema"] < 1:
             bad("ema", "use a decay in [0, 1), e.g. 0.999 (Karras et al.), or 0 for none")
         diffaug.check(c["diffaug"], self.name)
+        if c["kimg"] is not None:
+            stages = c["kimg"] if isinstance(c["kimg"], (list, tuple)) else None
+            if stages is not None:
+                self._check_milestones(float(sum(stages)))
         self.stage = 0
         self.aug = None             # DiffAugment, chosen in _train for the data at hand
         self.alpha_trace: list[tuple[int, int, float, float, float]] = []
@@ -355,8 +359,11 @@ class ProGAN(AdversarialGenerator):
         betas = (float(c["betas"][0]), float(c["betas"][1]))
         per_stage = self.stage_steps(n)
         total = max(1, sum(per_stage))
+        n_critic_images = [max(2, min(self.batch_sizes[i], n)) * n_critic for i in range(n_stages)]
+        self._check_milestones(sum(t * k for t, k in zip(per_stage, n_critic_images)) / 1000.0)
         # the stages' steps are counted below (from epochs, or from each stage's kimg)
-        budget = ImagesShown(None, c["seconds"], "epochs" if c["kimg"] is None else "budget")
+        budget = ImagesShown(None, c["seconds"], "epochs" if c["kimg"] is None else "budget",
+                             milestones=self.milestones)
         self.aug = diffaug.configure(c["diffaug"], n, self.name)
         if self.aug is not None:
             self.note(f"progan: the critic sees {self.aug.describe()} of real and "
@@ -383,6 +390,8 @@ class ProGAN(AdversarialGenerator):
                         ema.update(self.G)
                     self._log(stage=s, resolution=res, epoch=e, step=step, alpha=alpha,
                               kimg=budget.shown / 1000.0, **row)
+                    for kimg in budget.crossed():     # the generator at that point of the schedule
+                        self._keep(kimg, budget, ema)
                     t, step, done = t + 1, step + 1, done + 1
                     if t >= per_stage[s] or budget.done():
                         break
