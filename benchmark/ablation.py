@@ -14,6 +14,9 @@ Components and their default levels:
     classifier  the suite's classifiers
     pretrained  false, true
     synthetic   off (real images only), on
+    diffaug     off, on: DiffAugment of the discriminator's inputs, at the same budget
+
+``--arm`` picks another arm than the suite's subject (e.g. ``--arm dcgan``).
 
 The tables and figure of the levels are ``ablation_report``'s.
 """
@@ -58,16 +61,22 @@ def _parse(component: str, text: list[str]) -> list:
 
 
 def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
-           results_root: Path) -> list[Level]:
+           results_root: Path, arm: str | None = None) -> list[Level]:
     if component not in COMPONENTS:
         raise SuiteError(f"unknown component {component!r}; use one of {', '.join(COMPONENTS)}")
     s = loaded.suite
     arm_name, clf_key = subject_of(s)
+    if arm is not None:
+        names = [a.name for a in s.arms]
+        if arm not in names:
+            raise SuiteError(f"--arm {arm!r} is not an arm of the suite; arms: {', '.join(names)}")
+        arm_name = arm
     arm0 = copy.deepcopy(_entry(loaded.raw, "arm", arm_name))
     clf0 = copy.deepcopy(_entry(loaded.raw, "classifier", clf_key))
-    suite_levels = getattr(s.ablation, component, None) if component not in ("pretrained", "synthetic") else None
+    suite_levels = (getattr(s.ablation, component, None)
+                    if component not in ("pretrained", "synthetic", "diffaug") else None)
     values = _parse(component, given) if given else suite_levels
-    needs_generator = component in ("siir", "injection", "synthetic")
+    needs_generator = component in ("siir", "injection", "synthetic", "diffaug")
     if needs_generator and not arm0.get("generator"):
         raise SuiteError(f"ablating {component} needs a subject arm with a generator; arm "
                          f"{arm_name!r} has none (set subject.arm)")
@@ -81,6 +90,7 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
             "classifier": [c.key for c in s.classifiers],
             "pretrained": [False, True],
             "synthetic": ["off", "on"],
+            "diffaug": ["off", "on"],
         }[component]
     if component == "optimizer" and values == ["default"]:
         raise SuiteError(f"no finished study under {results_root / 'tune'}; run `medbench tune "
@@ -124,6 +134,11 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
         elif component == "pretrained":
             clf["pretrained"] = bool(v)
             label = f"pretrained={str(v).lower()}"
+        elif component == "diffaug":
+            if v not in ("off", "on"):
+                raise SuiteError(f"levels of diffaug are off and on, got {v!r}")
+            arm["params"] = {**arm.get("params", {}), "diffaug": v == "on"}
+            label = f"diffaug={v}"
         else:  # synthetic
             if v not in ("off", "on"):
                 raise SuiteError(f"levels of synthetic are off and on, got {v!r}")
@@ -145,15 +160,16 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
 def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results_root: Path,
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
-           echo=print, jobs: int = 1, threads: int | None = None) -> list[Path]:
-    lv = levels(loaded, component, given, results_root)
+           echo=print, jobs: int = 1, threads: int | None = None,
+           arm: str | None = None) -> list[Path]:
+    lv = levels(loaded, component, given, results_root, arm)
     for level in lv:                       # every level's plugins before any work
         check_plugins(level.loaded)
         clf = level.loaded.suite.classifiers[0]
         if component == "pretrained" and level.value:
             if not registry().get("classifiers", clf.name).obj.supports_pretrained:
                 raise PluginError(f"classifier {clf.name!r} has no pretrained weights to ablate")
-    root = results_root / f"ablate-{component}"
+    root = results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
     for i, level in enumerate(lv, 1):
         echo(f"[level {i}/{len(lv)}] {level.label}")
         run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,

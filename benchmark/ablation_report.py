@@ -20,7 +20,7 @@ from .store import ResultsStore, safe_name
 from .tables import LABELS, latex_table, md_table, threads_words, with_minority_recall
 
 COMPONENTS = ("siir", "generator", "injection", "optimizer", "classifier", "pretrained",
-              "synthetic")
+              "synthetic", "diffaug")
 NUMERIC = ("siir",)
 
 

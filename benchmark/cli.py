@@ -227,7 +227,10 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--component", "-c", required=True,
-              help="siir, generator, injection, optimizer, classifier, pretrained or synthetic.")
+              help="siir, generator, injection, optimizer, classifier, pretrained, synthetic "
+                   "or diffaug.")
+@click.option("--arm", default=None,
+              help="The arm to vary (default: the suite's subject arm).")
 @click.option("--levels", default=None,
               help="Comma-separated levels (default: the suite's ablation block, else the "
                    "component's defaults, e.g. SIIR 0,0.1,...,0.5).")
@@ -245,8 +248,8 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
               help="Torch CPU threads per cell (default: the cores shared out over --jobs).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, threads, device,
-           quiet):
+def ablate(suite, component, arm, levels, profile, out, report_dir, executor, jobs, threads,
+           device, quiet):
     """One run per level of a component with everything else fixed; writes a table and
     a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
     from .ablation import ablate as run_ablation
@@ -254,14 +257,16 @@ def ablate(suite, component, levels, profile, out, report_dir, executor, jobs, t
     loaded = load_suite(suite, profile)
     out = out or _default_out(loaded, profile)
     # where `medbench report OUT` regenerates it too
-    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}"
+    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}" / (arm or "")
     given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
-    args = ["ablate", suite, "--component", component, *(("--levels", levels) if levels else ()),
+    args = ["ablate", suite, "--component", component, *(("--arm", arm) if arm else ()),
+            *(("--levels", levels) if levels else ()),
             *(("--profile", profile) if profile else ()),
             *_how_args(executor, jobs, threads, device)]
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),
-                          echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads):
+                          echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads,
+                          arm=arm):
         click.echo(f"wrote {p}")
 
 

@@ -152,7 +152,8 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                    "synthetic images against them; fid_train_heldout, kid_train_heldout: as many "
                    "real training images against the same held-out images (the floor a "
                    "generator could reach at this n). Reporting only: nothing selects on them",
-        "copy_rate": f"share of synthetic images whose nearest real training image (Euclidean, "
+        "copy_rate": f"share of synthetic images whose nearest real training image (all of the "
+                     f"class's training images in the fold; Euclidean, "
                      f"{ex.layer} features) is nearer than the {COPY_QUANTILE:g} quantile of the "
                      "held-out images' nearest-training distances: about "
                      f"{COPY_QUANTILE:g} for new images, 1 for copies (oversampling)",
@@ -167,6 +168,16 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
 
     rows: list[dict[str, Any]] = []
     references: dict[tuple, dict] = {}
+    cached: dict[str, dict] = {}
+
+    def features(images: torch.Tensor) -> dict:
+        """Features of an image set, extracted once per content: the seeds of a holdout
+        share their real images, and a TSTR arm draws what its augmenting twin drew."""
+        key = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest() + str(images.shape)
+        if key not in cached:
+            cached[key] = meter.features(images)
+        return cached[key]
+
     done = 0
     t_start = time.perf_counter()
 
@@ -199,8 +210,9 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                     continue
                 t0 = time.perf_counter()
                 cls = ds.classes[c]
-                real = x[y == c]
-                real = real[torch.from_numpy(_subset(len(real), max_images, seed, f, c, 0))]
+                all_real = x[y == c]
+                pick = torch.from_numpy(_subset(len(all_real), max_images, seed, f, c, 0))
+                real = all_real[pick]
                 n_synth = min(int((y == c).sum()), max_images)
                 try:
                     synth = engine.draw(arm, fold, seed, c, n_synth)
@@ -214,13 +226,19 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                     x_te, y_te = engine.real(fold, "test")
                     test = x_te[y_te == c]
                     test = test[torch.from_numpy(_subset(len(test), max_images, seed, f, c, 1))]
-                    references[key] = meter.reference(real, test)
+                    f_all = features(all_real)       # the copy check's neighbours: every one
+                    fr = {k: v[pick] for k, v in f_all.items()}
+                    ft = features(test)
+                    kid, _, k = meter.kid(fr, ft)
+                    references[key] = {"features": fr, "test_features": ft, "all": f_all,
+                                       "n_test": len(test), "fid": meter.fid(fr, ft), "kid": kid,
+                                       "k": k}
                 ref = references[key]
-                f_synth = meter.features(synth)
+                f_synth = features(synth)
                 m = meter.compare_features(f_synth, ref["features"])
                 # held out: the fold's test images of the class, as many synthetic and
                 # training images as there are of them (reporting only, never selection)
-                h = meter.heldout(f_synth, ref["features"], ref["test_features"])
+                h = meter.heldout(f_synth, ref["features"], ref["test_features"], ref["all"])
                 row = {"arm": arm.name, "generator": f"{gen_info.name} ({gen_info.package} "
                        f"{gen_info.version})", "class": cls, "seed": seed, "fold": f,
                        "n_real": len(real), "n_synthetic": len(synth), "n_test_real": ref["n_test"],

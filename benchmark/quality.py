@@ -105,14 +105,6 @@ class FidelityMeter:
         """All metrics of one synthetic set against one real set (uint8 images)."""
         return self.compare_features(self.features(synthetic), self.features(real))
 
-    def reference(self, real: torch.Tensor, test: torch.Tensor) -> dict[str, Any]:
-        """The real images' features, and FID and KID between two real sets (training
-        against test): what two real samples of the class score at this size."""
-        fr, ft = self.features(real), self.features(test)
-        kid, _, k = self.kid(fr, ft)
-        return {"features": fr, "test_features": ft, "n_test": len(test),
-                "fid": self.fid(fr, ft), "kid": kid, "k": k}
-
     def nearest(self, f: dict, f_train: dict) -> torch.Tensor:
         """Distance of each image to its nearest training image, in feature space."""
         a, b = f[self.ex.layer].double(), f_train[self.ex.layer].double()
@@ -127,10 +119,13 @@ class FidelityMeter:
         threshold = torch.quantile(self.nearest(f_heldout, f_train), COPY_QUANTILE)
         return float((self.nearest(f_synth, f_train) < threshold).double().mean())
 
-    def heldout(self, f_synth: dict, f_train: dict, f_heldout: dict) -> dict[str, float]:
+    def heldout(self, f_synth: dict, f_train: dict, f_heldout: dict,
+                f_all_train: dict | None = None) -> dict[str, float]:
         """Synthetic images against real images the generator never saw, at matched n
         (n = the fewest of the three sets), beside real training images against the same
-        held-out images at the same n, and the copy rate (on all of them)."""
+        held-out images at the same n, and the copy rate (on all of them; nearest
+        neighbours among ``f_all_train``, every image the generator was fitted on, when
+        ``f_train`` is a subset of them)."""
         m = min(len(f[self.ex.layer]) for f in (f_synth, f_train, f_heldout))
 
         def pick(f: dict) -> dict:         # a seeded random m of a set (sets are in index order)
@@ -144,7 +139,8 @@ class FidelityMeter:
         return {"n_heldout": m, "fid_heldout": self.fid(fs, fh), "kid_heldout": kid,
                 "kid_heldout_std": kid_std, "fid_train_heldout": self.fid(ft, fh),
                 "kid_train_heldout": kid_t,
-                "copy_rate": self.copy_rate(f_synth, f_train, f_heldout)}
+                "copy_rate": self.copy_rate(f_synth, f_train if f_all_train is None
+                                            else f_all_train, f_heldout)}
 
     def compare_features(self, fs: dict, fr: dict) -> dict[str, float]:
         """All metrics of synthetic features ``fs`` against real features ``fr``."""

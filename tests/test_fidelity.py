@@ -128,6 +128,14 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     assert np.allclose(ref["oversample"], ref["lsgan"])
     settings = json.loads((out / "fidelity.json").read_text())
     assert settings["complete"] and settings["rows"] == 12
+    # with a cap below the class sizes the metrics use a subset of the training images,
+    # but the copy check still looks among all of them: oversampling stays at 1
+    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", exm.TINY,
+                                 "--max-images", "5"])
+    assert r.exit_code == 0, r.output
+    capped = pd.read_csv(out / "fidelity.csv")
+    assert (capped.n_real == 5).all() and (capped.n_synthetic == 5).all()
+    assert (capped[capped.arm == "oversample"].copy_rate == 1.0).all()
     assert settings["generators_fitted_now"] == []      # the run's cached GANs were reused
     assert "min(1000" in settings["kid"]
     # a GAN that diverged in the run is skipped here too, with the reason, not a crash

@@ -273,3 +273,23 @@ def test_tune_with_a_shared_optuna_storage(write_suite, tmp_path):
     assert best["study_trials"] == 3
     r = _invoke("tune", path, "--optimizer", "sma", "--storage", url, "--out", tmp_path / "b")
     assert r.exit_code == 2 and "--storage" in r.output
+
+
+def test_ablate_diffaug_varies_only_the_named_arms_augmentation(write_suite, tmp_path):
+    from medbench.ablation import levels
+    suite = tune_suite_dict()
+    suite["arms"].append({"name": "dc", "generator": "dcgan", "params": {"kimg": 0.1},
+                          "injection": {"policy": "balance"}})
+    loaded = load_suite(write_suite(suite))
+    lv = levels(loaded, "diffaug", None, tmp_path, arm="dc")
+    assert [x.label for x in lv] == ["diffaug=off", "diffaug=on"]
+    for x, on in zip(lv, (False, True)):
+        arm = x.loaded.suite.arms[0]
+        assert arm.generator == "dcgan" and x.loaded.suite.params_for(arm) == {"kimg": 0.1, "diffaug": on}
+        assert x.loaded.suite.protocol == loaded.suite.protocol
+    r = _invoke("ablate", write_suite(suite, "s2.yaml"), "--component", "diffaug", "--arm", "ghost",
+                "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--arm 'ghost'" in r.output and "Traceback" not in r.output
+    r = _invoke("ablate", write_suite(tune_suite_dict(), "s3.yaml"), "--component", "diffaug",
+                "--arm", "none", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "needs a subject arm with a generator" in r.output

@@ -275,7 +275,8 @@ class ProGAN(AdversarialGenerator):
     def check_data(self, size: int, channels: int) -> None:
         """Refuse, before any work, an image size or per-stage list that does not fit."""
         sizes = self.stage_sizes(size)
-        _per_stage("epochs", self.cfg["epochs"], len(sizes), sizes)
+        if self.cfg["kimg"] is None:         # with kimg the stages' budgets are images shown
+            _per_stage("epochs", self.cfg["epochs"], len(sizes), sizes)
         _per_stage("batch_size", self.cfg["batch_size"], len(sizes), sizes)
         if self.cfg["kimg"] is not None:
             _per_stage("kimg", self.cfg["kimg"], len(sizes), sizes, cast=float)
@@ -285,7 +286,9 @@ class ProGAN(AdversarialGenerator):
         c = self.cfg
         self.sizes = self.stage_sizes(size)
         n = len(self.sizes)
-        self.epochs = _per_stage("epochs", c["epochs"], n, self.sizes)
+        # with kimg, epochs (maybe a list for another image size) is not the budget
+        self.epochs = (_per_stage("epochs", c["epochs"], n, self.sizes) if c["kimg"] is None
+                       else [0] * n)
         self.batch_sizes = _per_stage("batch_size", c["batch_size"], n, self.sizes)
         chans = stage_channels(n, c["fmaps_base"], c["fmaps_max"], c["fmaps_min"])
         self.G = ProGenerator(int(c["latent"]), int(c["base"]), chans, channels).to(self.device)

@@ -23,8 +23,8 @@ from medbench.generators import write_generator_artifacts
 from medbench.plugins.generators import dcgan
 from medbench.quality import FidelityMeter
 
-CPU = {"width": 32, "batch_size": 64, "g_lr": 2e-4, "d_lr": 4e-4, "betas": [0.0, 0.9],
-       "dropout": 0.0}
+CPU = {"width": 32, "batch_size": 16, "g_lr": 5e-4, "d_lr": 1e-3, "betas": [0.0, 0.9],
+       "dropout": 0.0, "spectral_norm": False}
 
 
 def main() -> None:
