@@ -161,7 +161,10 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
            echo=print, jobs: int = 1, threads: int | None = None,
-           arm: str | None = None) -> list[Path]:
+           arm: str | None = None, fidelity_images: int = 0,
+           extractor: str | None = None) -> list[Path]:
+    """Run every level, then (``fidelity_images`` > 0) measure each level's synthetic
+    images with ``medbench fidelity`` at that cap, and write the tables and figure."""
     lv = levels(loaded, component, given, results_root, arm)
     for level in lv:                       # every level's plugins before any work
         check_plugins(level.loaded)
@@ -174,5 +177,14 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
         echo(f"[level {i}/{len(lv)}] {level.label}")
         run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,
                   device=device, command=command, jobs=jobs, threads=threads)
+    if fidelity_images:
+        from .fidelity import run_fidelity
+        shared: dict = {}                  # the real images' features, once for all levels
+        for level in lv:
+            if any(a.generator for a in level.loaded.suite.arms):
+                echo(f"[fidelity] {level.label}")
+                run_fidelity(level.loaded, root / safe_name(level.label), max_images=fidelity_images,
+                             quiet=quiet, command=command, device=device, features_cache=shared,
+                             **({"extractor": extractor} if extractor else {}))
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)

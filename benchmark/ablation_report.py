@@ -44,6 +44,26 @@ def collect(root: Path, labels: list[str]) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(frames, ignore_index=True), manifests
 
 
+# `medbench fidelity` columns an ablation table shows when its levels were measured
+FIDELITY = {"fid": "FID vs training", "fid_heldout": "FID held out",
+            "kid_heldout": "KID held out", "kid_train_heldout": "KID real train vs held out",
+            "copy_rate": "copy rate"}
+
+
+def fidelity_of(folder: Path) -> dict[str, float] | None:
+    """Means over a level's fidelity rows (classes, seeds, folds), or None unmeasured."""
+    csv, meta = folder / "fidelity.csv", folder / "fidelity.json"
+    if not (csv.is_file() and meta.is_file()) or not json.loads(meta.read_text()).get("complete"):
+        return None
+    rows = pd.read_csv(csv)
+    if rows.empty:
+        return None
+    out = {k: float(rows[k].mean()) for k in FIDELITY}
+    out["fidelity_rows"], out["fidelity_n"] = int(len(rows)), int(rows["n_synthetic"].min())
+    out["n_heldout"] = int(rows["n_heldout"].min())
+    return out
+
+
 def write_ablation_report(root: Path, component: str, labels: list[str], values: list,
                           report_dir: Path, command: str | None) -> list[Path]:
     df, manifests = collect(root, labels)
@@ -60,6 +80,9 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
             v = sub.loc[sub["metric"] == m, "value"].to_numpy(dtype=float)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else math.nan
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0 if len(v) else math.nan
+        quality = fidelity_of(root / safe_name(label))
+        if quality is not None:
+            row.update(quality)
         rows.append(row)
     table = pd.DataFrame(rows)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +99,22 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
     for m in metrics:
         shown[LABELS.get(m, m)] = [f"{a:.4f} ± {b:.4f}" if np.isfinite(a) else "n/a"
                                    for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
+    measured = "fid" in table.columns
+    if measured:
+        for k, name in FIDELITY.items():
+            digits = 1 if k.startswith("fid") else 3 if k == "copy_rate" else 4
+            shown[name] = [f"{v:.{digits}f}" if np.isfinite(v) else "n/a" for v in table[k]]
+        fid_cmd = next((json.loads((root / safe_name(lb) / "fidelity.json").read_text()).get("extractor")
+                        for lb in labels if (root / safe_name(lb) / "fidelity.json").is_file()), "?")
+        head.append(f"Image quality (`medbench fidelity`, extractor {fid_cmd}): mean over the "
+                    "level's classes, seeds and folds; FID vs training is the synthetic images "
+                    "against the real training images the generator was fitted on (as many as "
+                    "the class has, capped); held out: against the fold's real test images of "
+                    "the class at matched n, with real training images against them at the "
+                    "same n for the floor; copy rate: share of synthetic images nearer a "
+                    "training image than the 5th percentile of real held-out images (about "
+                    "0.05 for new images, 1 for copies). Below 2,000 images FID is biased "
+                    "upwards: read KID.")
     written = []
     p = report_dir / "ablation.md"
     atomic_text(p, "\n".join([f"# {m0.get('suite')}: ablation of {component}", "", *head, "",

@@ -231,6 +231,11 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
                    "or diffaug.")
 @click.option("--arm", default=None,
               help="The arm to vary (default: the suite's subject arm).")
+@click.option("--fidelity-images", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also measure each level's synthetic images (`medbench fidelity` with this "
+                   "--max-images; 0: not).")
+@click.option("--extractor", default="inception-v3-compat", show_default=True,
+              help="Feature extractor of --fidelity-images (as `medbench fidelity`).")
 @click.option("--levels", default=None,
               help="Comma-separated levels (default: the suite's ablation block, else the "
                    "component's defaults, e.g. SIIR 0,0.1,...,0.5).")
@@ -248,8 +253,8 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
               help="Torch CPU threads per cell (default: the cores shared out over --jobs).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def ablate(suite, component, arm, levels, profile, out, report_dir, executor, jobs, threads,
-           device, quiet):
+def ablate(suite, component, arm, fidelity_images, extractor, levels, profile, out, report_dir, executor,
+           jobs, threads, device, quiet):
     """One run per level of a component with everything else fixed; writes a table and
     a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
     from .ablation import ablate as run_ablation
@@ -260,13 +265,16 @@ def ablate(suite, component, arm, levels, profile, out, report_dir, executor, jo
     report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}" / (arm or "")
     given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
     args = ["ablate", suite, "--component", component, *(("--arm", arm) if arm else ()),
+            *(("--fidelity-images", str(fidelity_images)) if fidelity_images else ()),
+            *(("--extractor", extractor) if fidelity_images and extractor != "inception-v3-compat"
+              else ()),
             *(("--levels", levels) if levels else ()),
             *(("--profile", profile) if profile else ()),
             *_how_args(executor, jobs, threads, device)]
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),
                           echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads,
-                          arm=arm):
+                          arm=arm, fidelity_images=fidelity_images, extractor=extractor):
         click.echo(f"wrote {p}")
 
 
@@ -320,8 +328,11 @@ def report(results, out, formats):
               help="Feature extractor: inception-v3-compat (as published) or medbench-tiny (tests).")
 @click.option("--max-images", "max_images", type=click.IntRange(min=2), default=2000,
               show_default=True, help="Cap on synthetic and on real images per class and fold.")
+@click.option("--classes", default=None,
+              help="Comma-separated classes to measure (default: every class that received "
+                   "synthetic images), e.g. the minority class alone.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def fidelity(suite, profile, out, fid_weights, extractor, max_images, quiet):
+def fidelity(suite, profile, out, fid_weights, extractor, max_images, classes, quiet):
     """FID, KID, IS and precision/recall of each arm's synthetic images per class, seed and
     fold, against the real training images of the class, beside real train vs real test."""
     from .fidelity import run_fidelity
@@ -331,9 +342,12 @@ def fidelity(suite, profile, out, fid_weights, extractor, max_images, quiet):
     args = ["fidelity", suite, *(("--profile", profile) if profile else ()),
             *(("--fid-weights", fid_weights) if fid_weights else ()),
             *(("--extractor", extractor) if extractor != "inception-v3-compat" else ()),
-            *(("--max-images", max_images) if max_images != 2000 else ())]
+            *(("--max-images", max_images) if max_images != 2000 else ()),
+            *(("--classes", classes) if classes else ())]
+    only = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     df = run_fidelity(loaded, out, extractor=extractor, fid_weights=fid_weights,
-                      max_images=max_images, quiet=quiet, command=_command_line(*args))
+                      max_images=max_images, quiet=quiet, command=_command_line(*args),
+                      classes=only)
     click.echo(f"wrote {out / 'fidelity.csv'} ({len(df)} row(s)) and {out / 'fidelity.json'}")
 
 

@@ -94,9 +94,12 @@ def _fmt(v: float, digits: int = 4) -> str:
 def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
                  fid_weights: str | Path | None = None, max_images: int = 2000,
                  quiet: bool = False, command: str | None = None,
-                 device: str | None = None) -> pd.DataFrame:
+                 device: str | None = None, features_cache: dict | None = None,
+                 classes: list[str] | None = None) -> pd.DataFrame:
     """Write ``out/fidelity.csv`` (one row per arm, class, seed, fold) and
-    ``out/fidelity.json`` (the settings); return the rows."""
+    ``out/fidelity.json`` (the settings); return the rows. ``features_cache``: a dict
+    shared between calls with the same extractor (the levels of an ablation), so each
+    image set's features are extracted once. ``classes``: measure only these."""
     if max_images < 2:
         raise MedbenchError("--max-images must be at least 2")
     out = Path(out)
@@ -114,9 +117,19 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
         raise MedbenchError(f"suite {s.name!r} has no arm with a generator: nothing to measure")
 
     ds, _ = load_dataset(loaded)
+    if classes is not None:
+        unknown = [c for c in classes if c not in ds.classes]
+        if unknown or not classes:
+            raise MedbenchError(f"--classes: {', '.join(unknown) or 'none given'} not a class of "
+                                f"the dataset; classes: {', '.join(ds.classes)}")
     engine = Engine(loaded, ds, dev, out=None)
+
+    def measured(counts: list[int]) -> list[int]:
+        return [n if classes is None or ds.classes[c] in classes else 0
+                for c, n in enumerate(counts)]
+
     # what will be measured: (seed, fold, arm) with the arm's planned counts, as the run had
-    tasks = [(seed, f, arm, engine.planned(arm, engine.folds(seed)[f]))
+    tasks = [(seed, f, arm, measured(engine.planned(arm, engine.folds(seed)[f])))
              for seed in s.protocol.seeds for f in range(count_folds(loaded)) for arm in arms]
     total = sum(sum(1 for n in w if n > 0) for *_, w in tasks)
     engine.progress = progress = FidelityProgress(total, quiet)
@@ -131,7 +144,7 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
         "torch_fidelity_url": inception_url(), "torch_fidelity_version": meter.torch_fidelity_version,
         "resize": ex.resize, "channels": "grey images repeated to 3 channels",
         "feature_layer": ex.layer, "isc_layer": ex.isc_layer, "device": str(dev),
-        "max_images": max_images,
+        "max_images": max_images, "classes": classes or "every class given synthetic images",
         "synthetic": "n = real training images of the class in the fold, capped at max_images; "
                      "drawn through the engine as a run draws them (the generator's seeded "
                      "sample(class, n), kept in the synthetic cache)",
@@ -168,7 +181,7 @@ def run_fidelity(loaded, out: Path, *, extractor: str = INCEPTION,
 
     rows: list[dict[str, Any]] = []
     references: dict[tuple, dict] = {}
-    cached: dict[str, dict] = {}
+    cached: dict[str, dict] = {} if features_cache is None else features_cache
 
     def features(images: torch.Tensor) -> dict:
         """Features of an image set, extracted once per content: the seeds of a holdout

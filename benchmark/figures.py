@@ -386,14 +386,28 @@ def _level_value(component: str, label: str):
     return text
 
 
-def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
-    """Tables and figure of every ``<results>/ablate-<component>/`` into
-    ``<report>/ablate-<component>/`` (ablation_report.write_ablation_report)."""
-    figs = []
+def _ablation_roots(results_dir: Path) -> list[tuple[Path, str, str]]:
+    """(levels folder, component, name in the report) of every ablation: levels sit in
+    ``ablate-<component>/``, or in ``ablate-<component>/<arm>/`` when one was run with
+    ``--arm``."""
+    found = []
     for root in sorted(results_dir.glob("ablate-*")):
         component = root.name[len("ablate-"):]
         if not root.is_dir() or component not in COMPONENTS:
             continue
+        found.append((root, component, root.name))
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            if not (sub / "results.parquet").is_file() and any(
+                    (q / "results.parquet").is_file() for q in sub.iterdir() if q.is_dir()):
+                found.append((sub, component, f"{root.name}/{sub.name}"))
+    return found
+
+
+def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
+    """Tables and figure of every ``<results>/ablate-<component>[/<arm>]/`` into
+    ``<report>/ablate-<component>[/<arm>]/`` (ablation_report.write_ablation_report)."""
+    figs = []
+    for root, component, name in _ablation_roots(results_dir):
         labels = [p.name for p in sorted(root.iterdir())
                   if p.is_dir() and (p / "results.parquet").is_file()]
         if component in NUMERIC:         # SIIR 0, 0.1, ..., 0.5, not 0, 0.1, 0.25, ...
@@ -411,16 +425,16 @@ def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
         try:
             written = write_ablation_report(root, component, labels,
                                             [_level_value(component, lb) for lb in labels],
-                                            report_dir / root.name, command)
+                                            report_dir / name, command)
         except ResultsError:
             continue
         png = next(p for p in written if p.suffix == ".png")
         pdf = next((p for p in written if p.suffix == ".pdf"), None)
         figs.append(Figure(
-            "ablation", f"Ablation of {component}",
+            "ablation", f"Ablation of {component}" + (f" ({root.name})" if "/" in name else ""),
             f"Each level of {component} run on its own ({len(labels)} level(s) in "
-            f"{root.name}/); mean ± std over (seed, fold) runs on the test fold(s). Tables: "
-            f"{root.name}/ablation.md, .csv, .tex.", png, pdf,
+            f"{name}/); mean ± std over (seed, fold) runs on the test fold(s). Tables: "
+            f"{name}/ablation.md, .csv, .tex.", png, pdf,
             [p for p in written if p not in (png, pdf)]))
     return figs
 

@@ -136,6 +136,15 @@ def test_run_then_fidelity_end_to_end(write_suite, tmp_path, monkeypatch):
     capped = pd.read_csv(out / "fidelity.csv")
     assert (capped.n_real == 5).all() and (capped.n_synthetic == 5).all()
     assert (capped[capped.arm == "oversample"].copy_rate == 1.0).all()
+    # one class alone (the minority, say), and a class the data does not have
+    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", exm.TINY,
+                                 "--max-images", "5", "--classes", "covid"])
+    assert r.exit_code == 0, r.output
+    one = pd.read_csv(out / "fidelity.csv")
+    assert set(one["class"]) == {"covid"} and len(one) == 6
+    r = CliRunner().invoke(cli, ["fidelity", str(path), "--out", str(out), "--extractor", exm.TINY,
+                                 "--classes", "ghost"])
+    assert r.exit_code == 2 and "ghost" in r.output and len(r.output.strip().splitlines()) == 1
     assert settings["generators_fitted_now"] == []      # the run's cached GANs were reused
     assert "min(1000" in settings["kid"]
     # a GAN that diverged in the run is skipped here too, with the reason, not a crash

@@ -293,3 +293,29 @@ def test_ablate_diffaug_varies_only_the_named_arms_augmentation(write_suite, tmp
     r = _invoke("ablate", write_suite(tune_suite_dict(), "s3.yaml"), "--component", "diffaug",
                 "--arm", "none", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "needs a subject arm with a generator" in r.output
+
+
+def test_ablate_with_fidelity_adds_image_quality_and_report_finds_arm_folders(write_suite, tmp_path):
+    """--arm puts the levels under ablate-<component>/<arm>/; --fidelity-images measures
+    each level's synthetic images and the table carries FID, held-out KID and copy rate;
+    `medbench report` regenerates the same table from the results alone."""
+    suite = tune_suite_dict()
+    suite["arms"].append({"name": "over2", "generator": "oversample",
+                          "injection": {"policy": "balance"}})
+    path, out, rep = write_suite(suite), tmp_path / "res", tmp_path / "rep"
+    r = _invoke("ablate", path, "--component", "injection", "--arm", "over2", "--levels",
+                "balance,complementary", "--fidelity-images", 20, "--extractor", "medbench-tiny",
+                "--out", out, "--report-dir", rep, "--threads", "1", "-q")
+    assert r.exit_code == 0, r.output
+    assert (out / "ablate-injection" / "over2" / "injection=balance" / "fidelity.csv").is_file()
+    table = pd.read_csv(rep / "ablation.csv", comment="#")
+    assert list(table.level) == ["injection=balance", "injection=complementary"]
+    assert (table.copy_rate == 1.0).all()          # oversampling copies its training images
+    assert table.fid.notna().all() and table.kid_heldout.notna().all()
+    md = (rep / "ablation.md").read_text()
+    assert "copy rate" in md and "--arm over2" in md and "--fidelity-images 20" in md
+    from medbench.figures import ablation_figures          # what `medbench report` calls
+    figs = ablation_figures(out, tmp_path / "full")
+    assert len(figs) == 1 and "(over2)" in figs[0].title
+    again = tmp_path / "full" / "ablate-injection" / "over2" / "ablation.csv"
+    assert again.read_text() == (rep / "ablation.csv").read_text()
