@@ -190,8 +190,10 @@ def _loss_plot(path: Path, history: list[dict], name: str, class_name: str | Non
         vals = np.array([_number(row.get(key)) for row in history], dtype=float)
         if np.isfinite(vals).any():
             k = max(1, len(vals) // 100)
-            smooth = np.convolve(vals, np.ones(k) / k, mode="same") if k > 1 else vals
-            ax.plot(steps, smooth, label=label, lw=1)
+            # a moving mean over whole windows only: padding the ends with zeros would
+            # draw every series falling towards 0 on its last steps
+            smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, label=label, lw=1)
     if "stage" in history[0]:
         stages = np.array([row["stage"] for row in history])
         for s in np.flatnonzero(np.diff(stages)) + 1:

@@ -17,6 +17,12 @@ equalized learning rate (weights N(0, 1), scaled at run time by sqrt(2 / fan_in)
 Loss: the critic minimises D(fake) - D(real) + gp_lambda * GP + drift * D(real)^2
 (GP over per-sample interpolates, _losses.gradient_penalty); the generator minimises
 -D(fake); n_critic critic updates per generator update.
+
+Budget: ``epochs`` per stage, or ``kimg`` per stage (thousands of real images shown to
+the critic; the epochs list is then ignored). Samples come from an EMA of G (``ema``,
+0.999 as Karras et al.). ``snapshots_kimg`` keeps the generator at milestones of the
+total images shown, within the schedule this fit runs (a snapshot inside stage 2 samples
+at that stage's resolution, upsampled); ``at(k)`` returns it.
 """
 
 from __future__ import annotations
