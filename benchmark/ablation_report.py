@@ -104,9 +104,9 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
         for k, name in FIDELITY.items():
             digits = 1 if k.startswith("fid") else 3 if k == "copy_rate" else 4
             shown[name] = [f"{v:.{digits}f}" if np.isfinite(v) else "n/a" for v in table[k]]
-        fid_cmd = next((json.loads((root / safe_name(lb) / "fidelity.json").read_text()).get("extractor")
+        extractor = next((json.loads((root / safe_name(lb) / "fidelity.json").read_text()).get("extractor")
                         for lb in labels if (root / safe_name(lb) / "fidelity.json").is_file()), "?")
-        head.append(f"Image quality (`medbench fidelity`, extractor {fid_cmd}): mean over the "
+        head.append(f"Image quality (`medbench fidelity`, extractor {extractor}): mean over the "
                     "level's classes, seeds and folds; FID vs training is the synthetic images "
                     "against the real training images the generator was fitted on (as many as "
                     "the class has, capped); held out: against the fold's real test images of "

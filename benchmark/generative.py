@@ -238,7 +238,9 @@ class NeuralGenerator(Generator):
     def _check_milestones(self, total_kimg: float | None) -> None:
         """Refuse, before training, a snapshot milestone beyond the fit's budget (when
         the plugin knows its budget in kimg)."""
-        late = [k for k in self.milestones if total_kimg is not None and kimg_images(k) > kimg_images(total_kimg)]
+        if total_kimg is None:
+            return
+        late = [k for k in self.milestones if kimg_images(k) > kimg_images(total_kimg)]
         if late:
             raise ParameterError(f"generator {self.name!r}: snapshots_kimg {late} beyond the "
                                  f"budget of {total_kimg:g} kimg; keep milestones within it")
