@@ -235,3 +235,39 @@ def test_snapshot_milestones_are_checked_before_training():
         dcgan.DCGAN(snapshots_kimg=["5"])
     with pytest.raises(ParameterError, match="snapshots_kimg"):
         ProGAN(kimg=[1, 1, 1], snapshots_kimg=[4])
+
+
+def test_balanced_batches_show_each_class_equally_often():
+    """``balanced: true`` (conditional GANs): the minority class is drawn as often as the
+    majority; without it, in proportion to its count."""
+    from medbench.plugins.generators._adversarial import real_batches
+    torch.manual_seed(0)
+    labels = torch.tensor([0] * 30 + [1] * 270)
+    plain = torch.cat([labels[i] for _ in range(20) for i in real_batches(300, 16, "cpu")])
+    fair = torch.cat([labels[i] for _ in range(20) for i in real_batches(300, 16, "cpu", labels)])
+    assert len(plain) == len(fair) == 20 * 300
+    assert float((plain == 0).float().mean()) == pytest.approx(0.1)
+    assert float((fair == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+
+
+def test_cgan_balanced_feeds_its_discriminator_balanced_batches(monkeypatch):
+    seen = []
+    real_embed = dcgan.ConvD.forward
+
+    def spy(self, x, y=None):
+        if y is not None and x.requires_grad is False:
+            seen.append(y.clone())
+        return real_embed(self, x, y)
+
+    monkeypatch.setattr(dcgan.ConvD, "forward", spy)
+    x, y = gan_check.training_set(per_class=8)
+    keep = torch.cat([torch.nonzero(y == 0).ravel()[:2], torch.nonzero(y != 0).ravel()])
+    x, y = x[keep], y[keep]
+    g = dcgan.CGAN(width=8, latent=16, batch_size=8, kimg=1, n_critic=1, collapse_check=False,
+                   diffaug=False, balanced=True)
+    g.fit(x, y, classes=gan_check.CLASSES)
+    drawn = torch.cat(seen)
+    share = float((drawn == 0).float().mean())
+    assert share > 2 * 2 / len(y)       # well above the class's share of the images
+    with pytest.raises(ParameterError):
+        dcgan.CGAN(balanced="yes")

@@ -21,10 +21,19 @@ def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
     return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=betas)
 
 
-def real_batches(n: int, batch_size: int, device: torch.device):
+def real_batches(n: int, batch_size: int, device: torch.device,
+                 labels: torch.Tensor | None = None):
     """Shuffled index batches covering n items once (the last one may be short, but
-    never a single item: batch norm and minibatch statistics need two)."""
-    perm = torch.randperm(n, device=device)
+    never a single item: batch norm and minibatch statistics need two). With ``labels``
+    the n indices are drawn with replacement, each class equally often (a conditional
+    GAN on imbalanced data then shows its discriminator the minority class as often as
+    the majority, instead of in proportion to its count)."""
+    if labels is None:
+        perm = torch.randperm(n, device=device)
+    else:
+        counts = torch.bincount(labels.cpu())
+        weights = (1.0 / counts.clamp(min=1).double())[labels.cpu()]
+        perm = torch.multinomial(weights, n, replacement=True).to(device)
     bs = max(2, min(batch_size, n))
     for i in range(0, n, bs):
         idx = perm[i:i + bs]

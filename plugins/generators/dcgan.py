@@ -14,7 +14,9 @@ cgan     seed 003's cDCGAN: one model for all classes, the class embedding conca
          with the noise in the generator, a projection discriminator (score = w.h +
          <embed(y), h>, per patch for PatchGAN); latent 100, 4 blocks. ``arch: fc`` is
          seed 001's fully connected CGAN instead (embeddings concatenated with the noise
-         and with the flattened image, dense layers, BCE, lr 2e-4).
+         and with the flattened image, dense layers, BCE, lr 2e-4). ``balanced: true``
+         draws its real batches class-balanced (with replacement), so the minority
+         class is shown as often as the majority.
 lsgan    seed 001's least-squares GAN: fully connected (dense + batch norm + ReLU in the
          generator, dense + LeakyReLU 0.2 in the discriminator, no sigmoid), MSE loss.
          ``arch: conv`` gives the convolutional variant.
@@ -197,10 +199,10 @@ class DCGANFamily(AdversarialGenerator):
         "latent": 256, "n_layers": "auto", "width": 64, "embed_dim": 50, "dropout": 0.3,
         "batch_size": 32, "epochs": 50, "g_lr": 2e-4, "d_lr": 1e-4, "betas": [0.5, 0.999],
         "n_critic": 2, "gp_lambda": 10.0, "snapshots": 4, "ema": 0.999, "kimg": None,
-        "diffaug": "auto",
+        "diffaug": "auto", "balanced": False,
     }
     choices = {"arch": ("conv", "fc"), "loss": LOSSES, "spectral_norm": (True, False),
-               "patch": (True, False)}
+               "patch": (True, False), "balanced": (True, False)}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -277,7 +279,8 @@ class DCGANFamily(AdversarialGenerator):
         # epochs, or images shown when kimg is given; the seconds cap ends either
         while not budget.done() and (target is not None or epoch < epochs):
             epoch += 1
-            for idx in real_batches(len(x), int(cfg["batch_size"]), self.device):
+            for idx in real_batches(len(x), int(cfg["batch_size"]), self.device,
+                                    y if self.conditional and cfg["balanced"] else None):
                 real, labels = x[idx], y[idx]
                 z = torch.randn(len(idx), latent, device=self.device)
                 fake = self.G(z, labels)
