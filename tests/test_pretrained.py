@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from medbench.cli import cli
-from medbench.errors import ParameterError, PluginError
+from medbench.errors import ParameterError, PluginError, TrainingError
 from medbench.plugins.classifiers import resnet50v2 as r50
 from medbench.plugins.classifiers import timm_models
 from medbench.suite import StageConfig, TrainingConfig
@@ -278,7 +278,7 @@ def test_resnet50v2_input_is_scaled_like_keras():
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
     # keras.applications.resnet_v2.preprocess_input: x / 127.5 - 1
     torch.testing.assert_close(norm(x).flatten(), torch.tensor([0, 51, 255]) / 127.5 - 1)
-    with pytest.raises(Exception, match="channel"):
+    with pytest.raises(TrainingError, match="channel"):
         Normalizer(((0.5, 0.5), (0.5, 0.5)), 1, torch.device("cpu"))
 
 
