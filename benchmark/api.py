@@ -66,6 +66,20 @@ class Classifier:
     def head(self, model: nn.Module) -> nn.Module:
         return model.head
 
+    def prepare(self, *, pretrained: bool = False, download: bool = True, **params) -> None:
+        """Called once before any work (``run``, ``tune``, ``ablate``; ``validate`` with
+        ``download=False``) with the suite's ``pretrained`` flag and ``params``: raise a
+        one-line ``PluginError`` for parameters the plugin cannot take and, when
+        ``pretrained``, for weights that cannot be had (found locally or, with
+        ``download``, fetched now rather than in the middle of a run). Default: nothing."""
+
+    def normalization(self, in_channels: int, *, pretrained: bool = False,
+                      **params) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The per-channel ``(mean, std)``, in units of pixel / 255, that the model
+        expects under ``training.normalize: auto``; None (the default) leaves it to the
+        engine's rule: ImageNet statistics when pretrained, else [-1, 1]."""
+        return None
+
 
 def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any],
                  choices: dict[str, Sequence] | None = None) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def validate(suite, profile):
     from .engine import check_plugins, count_folds, expand_cells
     from .suite import load_suite
     loaded = load_suite(suite, profile)
-    check_plugins(loaded)
+    check_plugins(loaded, download=False)     # `run` fetches missing pretrained weights
     if "tuning" in loaded.raw:          # a suite that declares a study: check it too
         from .tuning import check_tuning
         check_tuning(loaded)

@@ -107,9 +107,10 @@ def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:
 
 # --------------------------------------------------------------------------- before any work
 
-def check_plugins(loaded: LoadedSuite) -> None:
+def check_plugins(loaded: LoadedSuite, *, download: bool = True) -> None:
     """Fail before any work when a suite names a plugin that is not installed, or gives
-    a generator parameters or data it cannot take."""
+    a generator parameters or data it cannot take, or asks for pretrained weights that
+    cannot be had (``download``: fetch missing ones now; False for ``validate``)."""
     reg = registry()
     s = loaded.suite
     reg.get("datasets", s.dataset.loader)
@@ -118,6 +119,7 @@ def check_plugins(loaded: LoadedSuite) -> None:
         if clf.pretrained and not info.obj.supports_pretrained:
             raise PluginError(f"classifier {clf.name!r} has no pretrained weights; "
                               "set pretrained: false")
+        info.obj().prepare(pretrained=clf.pretrained, download=download, **clf.params)
     for arm in s.arms:
         if arm.generator:
             info = reg.get("generators", arm.generator)
@@ -420,7 +422,9 @@ class Engine:
         settings = Settings.resolve(tcfg, clf.default_training or {})
         normalize = tcfg.normalize
         if normalize == "auto":
-            normalize = "imagenet" if ccfg.pretrained else "half"
+            normalize = (clf.normalization(self.ds.images.shape[1], pretrained=ccfg.pretrained,
+                                           **ccfg.params)
+                         or ("imagenet" if ccfg.pretrained else "half"))
         torch.manual_seed(seed)
         np.random.seed(seed)
         try:

@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "medbench.plugins.classifiers.smallcnn",
     "medbench.plugins.classifiers.torchvision_models",
     "medbench.plugins.classifiers.resnet50v2",
+    "medbench.plugins.classifiers.timm_models",
     "medbench.plugins.datasets.phantom",
     "medbench.plugins.datasets.medmnist",
     "medbench.plugins.datasets.folder",

@@ -84,10 +84,16 @@ class TrainResult:
 
 
 class Normalizer:
-    """uint8 batch -> float batch, normalised per channel."""
+    """uint8 batch -> float batch, normalised per channel. ``mode`` is imagenet, half,
+    none, or a classifier's own ``(mean, std)`` pair of per-channel sequences."""
 
-    def __init__(self, mode: str, channels: int, device: torch.device):
-        if mode == "imagenet":
+    def __init__(self, mode, channels: int, device: torch.device):
+        if isinstance(mode, (tuple, list)):
+            mean, std = (tuple(float(v) for v in seq) for seq in mode)
+            if len(mean) != channels or len(std) != channels:
+                raise TrainingError(f"the classifier's normalization has {len(mean)} mean(s) "
+                                    f"and {len(std)} std(s) for {channels} channel(s)")
+        elif mode == "imagenet":
             mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
             std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
         elif mode == "half":
@@ -291,8 +297,16 @@ class Trainer:
             sched = _make_schedule(opt, cfg, stage.epochs)
             since_best = 0
             stage_best = math.inf
+            # a frozen backbone's batch norms keep their (pretrained) running statistics,
+            # as Keras' `trainable = False` does: they run in eval mode in this stage
+            frozen_norms = [m for m in model.modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                            and not any(id(p) in head_params for p in m.parameters())
+                            ] if stage.freeze_backbone else []
             for _ in range(stage.epochs):
                 model.train()
+                for m in frozen_norms:
+                    m.eval()
                 running, seen = 0.0, 0
                 for idx in batches(len(x_train), self.s.batch_size, gen):
                     idx = idx.to(dev)

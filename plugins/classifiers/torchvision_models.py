@@ -210,6 +210,13 @@ class TorchvisionClassifier(Classifier):
                           float(dropout))
         return alias_head(model, head)
 
+    def prepare(self, *, pretrained=False, download=True, **params):
+        # the weights are fetched before a run starts, not when its first cell trains
+        check_build_args(self.name, 1, 1, 1, 0.0, params)
+        if pretrained and download:
+            from torchvision import models
+            ensure_weights(self.name, getattr(models, self.weights_enum).DEFAULT)
+
     def adapt(self, model, num_classes, in_channels, image_size, pretrained, dropout):
         raise NotImplementedError  # pragma: no cover
 
