@@ -362,6 +362,18 @@ class Engine:
                 self._notes_seen.add(note)
                 self.progress.note(note)
 
+    def _shorter_fit(self, fresh, line: str | None) -> dict | None:
+        """The state of the cached fit of the largest budget below ``fresh``'s on the
+        same line (same generator, data, seed and parameters but the budget) that
+        ``fresh`` can continue, or None."""
+        if line is None:
+            return None
+        for kimg, key in sorted(self.gen_cache.line(line).items(), reverse=True):
+            state = self.gen_cache.state(key)
+            if state is not None and fresh.continues(state) is None:
+                return state
+        return None
+
     def _fit_generator(self, info, key: str, arm: ArmConfig, fold: Fold, seed: int,
                        c: int | None, fit: bool = True):
         params = self.s.params_for(arm)
@@ -380,12 +392,19 @@ class Engine:
             else:
                 source = "fitted"
                 t0 = time.perf_counter()
+                fresh = info.obj(**params)
+                line = (self.gen_cache.line_key(key, fresh.BUDGET_KEYS)
+                        if stored and getattr(fresh, "resumable", False) else None)
+                earlier = self._shorter_fit(fresh, line)
+                if earlier is not None:
+                    what += f", continuing the fit of {earlier['cfg']['kimg']:g} kimg"
                 self.progress.fitting(what, len(ys), stored)
                 with fixed_rng(key, self.device):   # nothing depends on what ran before
-                    g = info.obj(**params).fit(xs, ys, classes=self.ds.classes,
-                                               device=str(self.device), seed=seed,
-                                               progress=self.progress.advance)
+                    g = fresh.fit(xs, ys, classes=self.ds.classes, device=str(self.device),
+                                  seed=seed, progress=self.progress.advance, resume=earlier)
                 self.gen_cache.save(key, g)
+                if line is not None and g.resume is not None:
+                    self.gen_cache.add_to_line(line, float(params["kimg"]), key)
                 self.progress.fitted(what, time.perf_counter() - t0, stored)
         except GeneratorDiverged as exc:
             self.gen_cache.save_failure(key, str(exc))

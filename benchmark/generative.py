@@ -119,6 +119,16 @@ class ImagesShown:
         return {"kimg": round(self.shown / 1000.0, 3), "steps": self.steps,
                 "seconds": round(self.elapsed(), 2), "stopped_by": self.stopped_by}
 
+    def state(self) -> dict:
+        """What a continuation needs: the count so far and the seconds it took."""
+        return {"shown": self.shown, "steps": self.steps, "seconds": self.elapsed()}
+
+    def restore(self, state: dict) -> None:
+        """Go on counting from ``state`` (milestones already passed stay passed)."""
+        self.shown, self.steps = int(state["shown"]), int(state["steps"])
+        self._t0 = time.perf_counter() - float(state["seconds"])
+        self._milestones = [k for k in self._milestones if kimg_images(k) > self.shown]
+
 
 def kimg_images(kimg: float) -> int:
     """Thousands of images as a whole number of images (at least 1)."""
@@ -152,6 +162,12 @@ class NeuralGenerator(Generator):
 
     name = "neural"
     cacheable = True
+    # a fit of a larger kimg can continue a finished fit of a smaller one (the same
+    # parameters otherwise) and end where a separate fit would: the plugin's _train
+    # saves and restores its whole training state (see DCGANFamily)
+    resumable = False
+    # parameters a continuation may change
+    BUDGET_KEYS = ("kimg", "snapshots_kimg")
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:
@@ -174,6 +190,10 @@ class NeuralGenerator(Generator):
         self.shape: tuple[int, int, int] = (1, 28, 28)
         self.num_classes = 1
         self.class_ids: list[int] = []      # classes seen in fit (all for a conditional GAN)
+        # a resumable plugin's training state where its fit stopped (nets, optimisers,
+        # EMA, counters, the epoch's remaining batches, the RNG), saved with the model
+        self.resume: dict | None = None
+        self._resume_from: dict | None = None
 
     # ------------------------------------------------------------------ subclass API
     def _build(self, channels: int, size: int, num_classes: int) -> None:  # pragma: no cover
@@ -210,12 +230,54 @@ class NeuralGenerator(Generator):
                                     generator=torch.Generator().manual_seed(seed_for("grid", self.seed)))
         return self
 
-    def fit(self, images, labels, *, classes, device="cpu", seed=0, progress=None):
+    def continues(self, state: dict) -> str | None:
+        """Why this configuration cannot continue the fit saved in ``state`` (a
+        ``state_dict``), or None when it can: a resumable plugin, the same parameters
+        but a larger kimg (and snapshot milestones), a fit that ended on its budget,
+        and every milestone this fit wants below that budget kept by it."""
+        if not self.resumable or not state.get("resume"):
+            return f"{self.name} fits cannot be continued"
+        old = dict(state["cfg"])
+        same = {k: v for k, v in old.items() if k not in self.BUDGET_KEYS}
+        if same != {k: v for k, v in self.cfg.items() if k not in self.BUDGET_KEYS}:
+            return "other parameters than the budget differ"
+        rec = state.get("record", {})
+        if rec.get("stopped_by") != "budget" or self.cfg["kimg"] is None or old["kimg"] is None:
+            return "only a fit that ended on its kimg budget can be continued"
+        if kimg_images(self.cfg["kimg"]) <= kimg_images(old["kimg"]):
+            return "the budget is not larger"
+        kept = set(state.get("snapshots", {}))
+        missing = [k for k in self.milestones
+                   if kimg_images(k) <= kimg_images(old["kimg"]) and float(k) not in kept]
+        if missing:
+            return f"the shorter fit kept no snapshot at {missing} kimg"
+        return None
+
+    def fit(self, images, labels, *, classes, device="cpu", seed=0, progress=None,
+            resume: dict | None = None):
+        """Train on the images. ``resume``: the ``state_dict`` of a finished fit of
+        this plugin on the same images and seed with a smaller kimg (``continues``
+        says whether it qualifies): training goes on from where it stopped, and ends
+        with the generator a separate fit of this budget ends with."""
         self.prepare(images, labels, classes=classes, device=device, seed=seed)
-        torch.manual_seed(seed_for("train", self.name, self.seed))
+        if resume is not None:
+            why = self.continues(resume)
+            if why is not None:
+                raise TrainingError(f"{self.name}: cannot continue that fit: {why}")
+            self.history = list(resume["history"])
+            self.grids = list(resume["grids"])
+            self.notes = list(resume["notes"])
+            self.snapshots = {k: v for k, v in resume.get("snapshots", {}).items()
+                              if float(k) in self.milestones}
+            self._resume_from = resume["resume"]
+        else:
+            torch.manual_seed(seed_for("train", self.name, self.seed))
         x = to_unit(images).to(self.device)
         y = labels.to(torch.int64).to(self.device)
-        self._train(x, y, progress)
+        try:
+            self._train(x, y, progress)
+        finally:
+            self._resume_from = None
         if self.cfg["collapse_check"]:
             self._check_collapse(images, labels)
         return self
@@ -265,7 +327,7 @@ class NeuralGenerator(Generator):
                                 "set snapshots_kimg to keep it")
         snap = self.snapshots[key]
         state = {**self.state_dict(), "G": snap["G"], "extra": snap["extra"],
-                 "record": snap["record"], "snapshots": {}}
+                 "record": snap["record"], "snapshots": {}, "resume": None}
         return type(self)(**self.cfg).load_state_dict(state, str(self.device))
 
     def _check_collapse(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -313,6 +375,7 @@ class NeuralGenerator(Generator):
                 "class_ids": self.class_ids, "seed": self.seed, "history": self.history,
                 "grids": self.grids, "notes": self.notes, "record": self.record,
                 "extra": self._extra_state(), "snapshots": self.snapshots,
+                "resume": self.resume,
                 "G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}}
 
     def load_state_dict(self, state: dict, device: str = "cpu") -> "NeuralGenerator":
@@ -325,6 +388,7 @@ class NeuralGenerator(Generator):
         self.notes = list(state["notes"])
         self.record = dict(state.get("record", {}))
         self.snapshots = dict(state.get("snapshots", {}))
+        self.resume = state.get("resume")
         self.device = torch.device(device)
         self._build(self.shape[0], self.shape[1], self.num_classes)
         self._load_extra_state(state["extra"])
@@ -358,6 +422,13 @@ class WeightAverage:
         self.t += 1
         for k, v in net.named_parameters():
             self.params[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    def state(self) -> dict:
+        return {"t": self.t, "params": {k: v.detach().cpu().clone() for k, v in self.params.items()}}
+
+    def load_state(self, state: dict, device) -> None:
+        self.t = int(state["t"])
+        self.params = {k: v.to(device).clone() for k, v in state["params"].items()}
 
     @torch.no_grad()
     def copy_to(self, net: nn.Module) -> None:

@@ -66,6 +66,42 @@ class GeneratorCache:
         """The payload file of the entry, if there is one."""
         return self.cache.path(self.kind, key)
 
+    # ------------------------------------------------------------------ budget lines
+    # Fits that differ only in their budget (kimg, snapshot milestones) form a line: an
+    # index entry under the line's key lists each fit's kimg and key, so a fit of a
+    # larger budget continues the largest shorter one instead of starting again.
+
+    def line_key(self, key: str, budget_keys: tuple[str, ...]) -> str | None:
+        """The key of the line of fit ``key`` (described by ``key()`` in this process)."""
+        if key not in self._described:
+            return None
+        desc = dict(self._described[key][0])
+        desc["params"] = {k: v for k, v in desc["params"].items() if k not in budget_keys}
+        desc["line"] = "fits differing only in " + ", ".join(budget_keys)
+        return content_key(desc)
+
+    def line(self, line_key: str) -> dict[float, str]:
+        """kimg -> fit key of the line's fits that the cache holds."""
+        entry = self.cache.load(self.kind, line_key, lambda p: torch.load(p, weights_only=True))
+        if not isinstance(entry, dict) or entry.get("key") != line_key:
+            return {}
+        return {float(k): v for k, v in entry["fits"].items()
+                if self.cache.path(self.kind, v) is not None}
+
+    def add_to_line(self, line_key: str, kimg: float, key: str) -> None:
+        fits = {**self.line(line_key), float(kimg): key}
+        entry = {"key": line_key, "fits": {str(k): v for k, v in fits.items()}}
+        self.cache.store(self.kind, line_key, lambda t: torch.save(entry, t), ".pt",
+                         f"index of {len(fits)} fit(s) differing only in budget", {})
+
+    def state(self, key: str) -> dict | None:
+        """The saved state of a fitted (not failed) entry, or None."""
+        entry = self.cache.load(self.kind, key, lambda p: torch.load(p, map_location="cpu",
+                                                                    weights_only=False))
+        if isinstance(entry, dict) and entry.get("key") == key and "state" in entry:
+            return entry["state"]
+        return None
+
     @staticmethod
     def cacheable(obj: Any) -> bool:
         """Whether a generator class (or instance) keeps its fits in the cache."""

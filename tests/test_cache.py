@@ -365,6 +365,34 @@ def test_generators_are_not_fitted_again_for_another_classifier(write_suite, tmp
     assert {"generators", "synthetic"} <= kinds
 
 
+def test_a_longer_budget_continues_the_cached_shorter_fit(write_suite, tmp_path, monkeypatch):
+    """A suite at 0.3 kimg after one at 0.15: each GAN continues its cached shorter fit
+    (the console says so) and draws exactly the images a fit of 0.3 kimg from scratch,
+    in an empty cache, draws; the results are the same."""
+    def suite(kimg):
+        return tiny_suite(
+            dataset={"loader": "phantom", "image_size": 16, "channels": 1,
+                     "options": {"counts": [40, 16, 10], "seed": 1}},
+            protocol={"kind": "kfold", "folds": 3, "seeds": [0], "max_folds": 1},
+            arms=[{"name": "dcgan", "generator": "dcgan", "injection": {"policy": "balance"}}],
+            generator_params={"dcgan": {"kimg": kimg, "width": 8, "batch_size": 8,
+                                        "collapse_check": False}},
+            training={"epochs": 1, "batch_size": 16})
+    short, long = write_suite(suite(0.15), "short.yaml"), write_suite(suite(0.3), "long.yaml")
+    _run(["run", str(short), "--out", str(tmp_path / "a")])
+    r = _run(["run", str(long), "--out", str(tmp_path / "b")])
+    assert r.stderr.count("continuing the fit of 0.15 kimg on") == 2, r.stderr
+    monkeypatch.setenv("MEDBENCH_CACHE", str(tmp_path / "fresh-cache"))
+    r = _run(["run", str(long), "--out", str(tmp_path / "c")])
+    assert "continuing" not in r.stderr and r.stderr.count("fitting dcgan") == 2
+    cont = pd.read_parquet(tmp_path / "b" / "results.parquet")[METRIC_COLS]
+    fresh = pd.read_parquet(tmp_path / "c" / "results.parquet")[METRIC_COLS]
+    pd.testing.assert_frame_equal(cont, fresh)
+    for a, b in zip(sorted((tmp_path / "b" / "generators" / "dcgan").glob("*/losses.csv")),
+                    sorted((tmp_path / "c" / "generators" / "dcgan").glob("*/losses.csv"))):
+        assert a.read_text() == b.read_text()
+
+
 # ------------------------------------------------------------------ the command line
 
 

@@ -271,3 +271,39 @@ def test_cgan_balanced_feeds_its_discriminator_balanced_batches(monkeypatch):
     assert share > 2 * 2 / len(y)       # well above the class's share of the images
     with pytest.raises(ParameterError):
         dcgan.CGAN(balanced="yes")
+
+
+@pytest.mark.parametrize("family,extra", [(dcgan.DCGAN, {"diffaug": {"adaptive": True}}),
+                                          (dcgan.CGAN, {"balanced": True, "diffaug": True})])
+def test_a_longer_budget_continues_a_shorter_fit_and_ends_where_a_separate_fit_ends(family, extra):
+    """A fit of 0.25 kimg (stopped mid-epoch: 24 or 36 images, batch 8), continued to
+    0.6 kimg from its saved state (after the cache's round trip), samples exactly what a
+    fit of 0.6 kimg from scratch samples, with the same discriminator, the same counts
+    and the same loss log; snapshots past the shorter budget are kept on the way."""
+    x, y = gan_check.training_set(per_class=12)
+    small = {"width": 8, "latent": 16, "batch_size": 8, "collapse_check": False, **extra}
+    short = family(**small, kimg=0.25, snapshots_kimg=[0.1]).fit(x, y, classes=gan_check.CLASSES,
+                                                                 seed=5)
+    state = family(**small, kimg=0.25, snapshots_kimg=[0.1]).load_state_dict(
+        short.state_dict()).state_dict()
+    cont = family(**small, kimg=0.6, snapshots_kimg=[0.1, 0.4])
+    assert cont.continues(state) is None
+    cont.fit(x, y, classes=gan_check.CLASSES, seed=5, resume=state)
+    alone = family(**small, kimg=0.6, snapshots_kimg=[0.1, 0.4]).fit(x, y, classes=gan_check.CLASSES,
+                                                                    seed=5)
+    assert cont.record["kimg"] == alone.record["kimg"] and cont.record["steps"] == alone.record["steps"]
+    assert [r["d_loss"] for r in cont.history] == [r["d_loss"] for r in alone.history]
+    for k, v in alone.D.state_dict().items():
+        assert torch.equal(cont.D.state_dict()[k], v), k
+    for c in alone.class_ids:
+        assert torch.equal(cont.sample(c, 16), alone.sample(c, 16))
+        for k in (0.1, 0.4):
+            assert torch.equal(cont.at(k).sample(c, 16), alone.at(k).sample(c, 16))
+    assert not torch.equal(short.sample(alone.class_ids[0], 16), alone.sample(alone.class_ids[0], 16))
+    # what cannot be continued says why, and fit refuses it
+    assert "not larger" in family(**small, kimg=0.2).continues(state)
+    assert "other parameters" in family(**{**small, "width": 4}, kimg=0.6).continues(state)
+    assert "no snapshot at [0.2]" in family(**small, kimg=0.6, snapshots_kimg=[0.2]).continues(state)
+    with pytest.raises(Exception, match="cannot continue"):
+        family(**small, kimg=0.2).fit(x, y, classes=gan_check.CLASSES, seed=5, resume=state)
+    assert "cannot be continued" in ProGAN(kimg=[1, 1, 1]).continues(state)

@@ -32,7 +32,10 @@ which smooths the step-to-step swings of adversarial training.
 when it is not given); ``snapshots_kimg: [k1, k2, ...]`` keeps, within one fit, the
 generator a fit of k kimg would have ended with (EMA weights included), reachable with
 ``at(k)`` and saved with the fitted model in the cache. ``snapshots`` is the number of
-sample grids drawn along the way for the figures.
+sample grids drawn along the way for the figures. A fit that ends on its kimg budget
+keeps its training state (``resume``: nets, optimisers, EMA, counters, the epoch's
+remaining batches, the random state), so ``fit(..., resume=state)`` of a larger kimg goes
+on from there and ends exactly where a fit of that budget from scratch ends.
 
 Unconditional members are fitted once per class by the engine, on that class's training
 images only. ``n_layers`` is the number of 2x up-sampling blocks; at small image sizes
@@ -253,6 +256,8 @@ class DCGANFamily(AdversarialGenerator):
     def _generate(self, z, y):
         return self.G(z, y)
 
+    resumable = True
+
     def _train(self, x, y, progress):
         cfg = self.cfg
         kind = cfg["loss"]
@@ -276,11 +281,36 @@ class DCGANFamily(AdversarialGenerator):
         ema = WeightAverage(self.G, float(cfg["ema"])) if cfg["ema"] else None
         g_value = float("nan")
         epoch = 0
+        pending, pos = None, 0          # this epoch's batches and the next one's index
+        labels_for = y if self.conditional and cfg["balanced"] else None
+        if self._resume_from is not None:     # go on where a shorter fit stopped
+            r = self._resume_from
+            self.G.load_state_dict(r["G"])
+            self.D.load_state_dict(r["D"])
+            opt_g.load_state_dict(r["opt_g"])
+            opt_d.load_state_dict(r["opt_d"])
+            if ema is not None:
+                ema.load_state(r["ema"], self.device)
+            if aug is not None and r["augment_p"] is not None:
+                aug.p = r["augment_p"]
+            budget.restore(r["budget"])
+            epoch, g_value = r["epoch"], r["g_value"]
+            pending = None if r["pending"] is None else [i.to(self.device) for i in r["pending"]]
+            pos = r["pos"]
+            next_snap = min(n_snaps, int(budget.shown * n_snaps // planned) + 1)
+            torch.set_rng_state(r["rng"])
+            if self.device.type == "cuda" and r.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(r["rng_cuda"], self.device)
         # epochs, or images shown when kimg is given; the seconds cap ends either
         while not budget.done() and (target is not None or epoch < epochs):
-            epoch += 1
-            for idx in real_batches(len(x), int(cfg["batch_size"]), self.device,
-                                    y if self.conditional and cfg["balanced"] else None):
+            if pending is None:
+                epoch += 1
+                pending = list(real_batches(len(x), int(cfg["batch_size"]), self.device,
+                                            labels_for))
+                pos = 0
+            while pos < len(pending):
+                idx = pending[pos]
+                pos += 1
                 real, labels = x[idx], y[idx]
                 z = torch.randn(len(idx), latent, device=self.device)
                 fake = self.G(z, labels)
@@ -323,9 +353,24 @@ class DCGANFamily(AdversarialGenerator):
                     next_snap += 1
                 if budget.done():
                     break
+            if pos >= len(pending):
+                pending = None
             if progress is not None:
                 frac = budget.fraction() if target is not None else epoch / max(epochs, 1)
                 progress(f"{self.name} {budget.shown / 1000:.1f} kimg", frac)
+        if budget.steps and budget.stopped_by == "budget" and target is not None:
+            # everything a fit of a larger kimg needs to go on from here
+            self.resume = {
+                "G": {k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()},
+                "D": {k: v.detach().cpu().clone() for k, v in self.D.state_dict().items()},
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "ema": None if ema is None else ema.state(),
+                "augment_p": None if aug is None else aug.p,
+                "budget": budget.state(), "epoch": epoch, "g_value": g_value,
+                "pending": None if pending is None else [i.cpu() for i in pending], "pos": pos,
+                "rng": torch.get_rng_state(),
+                "rng_cuda": (torch.cuda.get_rng_state(self.device)
+                             if self.device.type == "cuda" else None)}
         if ema is not None and budget.steps:
             ema.copy_to(self.G)          # samples come from the averaged weights
         self.record = budget.record()

@@ -43,6 +43,9 @@ SETTINGS = {
     "cgan-balanced": (dcgan.CGAN, {**CPU, **SEED_001, "kimg": 80, "balanced": True}),
     "progan-ema999": (progan.ProGAN, {**PROGAN, "ema": 0.999}),
     "progan-ema99": (progan.ProGAN, {**PROGAN, "ema": 0.99}),
+    "progan-ema99-wide": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
+                                          "fmaps_max": 64}),
+    "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 
 
