@@ -157,6 +157,11 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
     return out
 
 
+def ablation_root(results_root: Path, component: str, arm: str | None = None) -> Path:
+    """Where the levels of an ablation keep their runs, one folder per level."""
+    return results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
+
+
 def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results_root: Path,
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
@@ -172,7 +177,7 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
         if component == "pretrained" and level.value:
             if not registry().get("classifiers", clf.name).obj.supports_pretrained:
                 raise PluginError(f"classifier {clf.name!r} has no pretrained weights to ablate")
-    root = results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
+    root = ablation_root(results_root, component, arm)
     for i, level in enumerate(lv, 1):
         echo(f"[level {i}/{len(lv)}] {level.label}")
         run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,12 @@ def _to_8bit(img):
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
+class OversizedImage(DataError):
+    """An image above the imaging library's decompression-bomb limit."""
+
+
 def decode_image(data: bytes, channels: int, size: int, resize: str = "squash",
-                 jpeg_draft: bool = False) -> np.ndarray:
+                 jpeg_draft: bool = False, on_large=None) -> np.ndarray:
     """Decode image file bytes to a uint8 C x size x size array.
 
     Colour: greyscale stays grey; palette, CMYK, YCbCr etc. become RGB; an alpha channel
@@ -127,11 +132,26 @@ def decode_image(data: bytes, channels: int, size: int, resize: str = "squash",
     (1/2, 1/4 or 1/8, never below 4x the target size) first: much faster on large
     photos, slightly different pixels.
 
+    Oversized images: PIL warns about images above ``Image.MAX_IMAGE_PIXELS`` (a
+    possible decompression bomb) and refuses those above twice that. medbench says so
+    itself instead: the warning is silenced and ``on_large(width, height)`` is called
+    (the image is decoded), and a refused one raises ``OversizedImage`` in one line.
+
     Raises whatever PIL raises on unreadable data (OSError, ValueError, ...).
     """
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise OversizedImage(f"above {limit:.0f} Mpx, the largest image the imaging library "
+                             "decodes (a decompression-bomb guard); shrink it") from None
+    if on_large is not None and Image.MAX_IMAGE_PIXELS and \
+            im.size[0] * im.size[1] > Image.MAX_IMAGE_PIXELS:
+        on_large(*im.size)
+    with im:
         if jpeg_draft and im.format == "JPEG":
             im.draft(None, (4 * size, 4 * size))
         im.load()
