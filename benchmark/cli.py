@@ -92,20 +92,28 @@ def _portable(path: str) -> str:
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
-def validate(suite, profile):
-    """Check a suite file against the schema and its plugin names."""
-    from .engine import check_plugins, count_folds, expand_cells
+@click.option("--data", "with_data", is_flag=True,
+              help="Also load the data and check the protocol and the generators against it "
+                   "(what `run` checks before its first cell).")
+def validate(suite, profile, with_data):
+    """Check a suite file against the schema, its plugins and their parameters."""
+    from .engine import check_feasible, check_plugins, count_folds, expand_cells, load_dataset
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     check_plugins(loaded)
     if "tuning" in loaded.raw:          # a suite that declares a study: check it too
         from .tuning import check_tuning
         check_tuning(loaded)
+    data = ""
+    if with_data:
+        ds, _ = load_dataset(loaded)
+        check_feasible(loaded, ds)
+        data = f"; data: {len(ds)} images in {ds.num_classes} classes, smallest {min(ds.counts())}"
     s = loaded.suite
     n = len(expand_cells(loaded, count_folds(loaded)))
     click.echo(f"{suite}: valid suite {s.name!r} ({len(s.arms)} arm(s) x {len(s.classifiers)} "
                f"classifier(s) x {len(s.protocol.seeds)} seed(s) x {count_folds(loaded)} fold(s) "
-               f"= {n} cells; hash {loaded.hash})")
+               f"= {n} cells; hash {loaded.hash}){data}")
 
 
 def _default_out(loaded, profile) -> Path:

@@ -139,6 +139,23 @@ def test_what_the_data_cannot_satisfy_is_refused_once_before_any_cell(
     err = refused(["run", str(path), "--out", str(out)], out)
     assert expected in err, err
     assert not out.exists()
+    # validate checks the suite alone, and with --data what run checks after loading
+    assert CliRunner().invoke(cli, ["validate", str(path)]).exit_code == 0
+    assert expected in refused(["validate", str(path), "--data"])
+
+
+def test_ablate_checks_every_level_against_the_data_before_the_first(tmp_path):
+    suite = quick(arms=[{"name": "none"}, {"name": "g", "generator": "dcgan",
+                                           "params": {"epochs": 1}}],
+                  protocol={"kind": "kfold", "folds": 2, "val_fraction": 0.3, "seeds": [0]})
+    suite["dataset"] = {**suite["dataset"], "min_per_class": 1,
+                        "options": {"counts": [60, 24, 4], "seed": 1}}
+    out = tmp_path / "out"
+    err = refused(["ablate", str(dump(tmp_path / "s.yaml", suite)), "--component", "generator",
+                   "--levels", "none,dcgan", "--out", str(out), "--report-dir",
+                   str(tmp_path / "rep")], out)
+    assert "generator 'dcgan' needs at least 2" in err
+    assert not out.exists() and not (tmp_path / "rep").exists()
 
 
 def test_the_same_data_is_fine_for_a_generator_that_needs_one_image(tmp_path):
@@ -319,6 +336,12 @@ def test_a_second_driver_on_a_live_folder_is_refused_naming_the_process(tmp_path
     _lock_for(out / "tune" / "random", live_pid)
     err = refused(["tune", str(path), "--optimizer", "random", "--out", str(out)])
     assert f"process {live_pid}" in err
+    _lock_for(out / "ablate-synthetic", live_pid)
+    err = refused(["ablate", str(path), "--component", "synthetic", "--out", str(out),
+                   "--report-dir", str(tmp_path / "rep")])
+    assert f"process {live_pid}" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        [f"{LOCK}", f"ablate-synthetic/{LOCK}", f"tune/random/{LOCK}"]
 
 
 def test_a_killed_driver_does_not_leave_the_folder_stuck(tmp_path):
