@@ -9,6 +9,7 @@ here, each with a default where one makes sense, and never probes a plugin for o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -117,6 +118,17 @@ class ParamSpec:
             text += " or " + " or ".join(_shown(v) for v in extra)
         return text
 
+    def coerce(self, value: Any) -> Any:
+        """A number written as YAML 1.1 reads ``1e-4`` (a string: YAML wants ``1.0e-4``)
+        becomes the number, as the suite's own fields take it; anything else is kept."""
+        if self.type == "number" and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return number if math.isfinite(number) else value
+        return value
+
     def accepts(self, value: Any) -> bool:
         if value in self.decl.also or (value is None and self.default is None):
             return True
@@ -135,6 +147,8 @@ class ParamSpec:
               }.get(t, True)
         if not ok or not numeric or t not in ("int", "number"):
             return ok
+        if not math.isfinite(value):          # .nan or .inf in YAML
+            return False
         if d.low is not None and (value < d.low or d.low_open and value == d.low):
             return False
         return not (d.high is not None and (value > d.high or d.high_open and value == d.high))
@@ -171,7 +185,7 @@ def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str
         raise ParameterError(f"{kind} {name!r}: unknown parameter {unknown[0]!r}; it takes {takes}")
     cfg = {**defaults, **given}
     for spec in param_specs(defaults, choices, declared):
-        value = cfg[spec.name]
+        value = cfg[spec.name] = spec.coerce(cfg[spec.name])
         if not spec.accepts(value):
             verb = "use" if spec.choices is not None else "allowed:"
             raise ParameterError(f"{kind} {name!r}: {spec.name} = {value!r}; {verb} "

@@ -109,11 +109,13 @@ def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:
 # --------------------------------------------------------------------------- before any work
 
 def check_plugins(loaded: LoadedSuite) -> None:
-    """Fail before any work when a suite names a plugin that is not installed, or gives
-    a generator parameters or data it cannot take."""
+    """Fail before any work when a suite names a plugin that is not installed, gives a
+    plugin (dataset loader, classifier, generator) a parameter it does not declare or a
+    value it does not allow, or a generator an image size it cannot take."""
     reg = registry()
     s = loaded.suite
-    reg.get("datasets", s.dataset.loader)
+    reg.get("datasets", s.dataset.loader).obj.check("dataset", s.dataset.loader,
+                                                    s.dataset.options)
     for clf in s.classifiers:
         info = reg.get("classifiers", clf.name)
         info.obj.check("classifier", clf.name, clf.params)

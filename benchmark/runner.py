@@ -61,6 +61,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     threads = threads or default_threads(jobs if exec_cls.parallel else 1)
     lock = FolderLock(out, command)
     lock.check()                       # a live driver on the folder: refused, nothing loaded
+    ResultsStore(out).check(loaded.hash)       # another configuration's folder: the same
     ds, data_report = load_dataset(loaded)
     check_feasible(loaded, ds)
     with lock:

@@ -43,6 +43,16 @@ class ResultsStore:
         self._last_write = float("-inf")
 
     # ---------------------------------------------------------------- set-up
+    def check(self, suite_hash: str) -> None:
+        """Refuse, writing nothing, a folder that holds results of another configuration."""
+        if (self.root / MANIFEST).exists():
+            old = self.manifest()
+            if old.get("suite_hash") != suite_hash:
+                raise ResultsError(
+                    f"{self.root} holds results of a different configuration of suite "
+                    f"{old.get('suite')!r} (hash {old.get('suite_hash')} != {suite_hash}); "
+                    "resume with the same suite and profile, or pass another --out")
+
     def open(self, suite_hash: str, meta: dict[str, Any]) -> None:
         try:
             self.cells.mkdir(parents=True, exist_ok=True)
@@ -54,12 +64,7 @@ class ResultsStore:
                                "choose another folder with --out") from None
         mpath = self.root / MANIFEST
         if mpath.exists():
-            old = self.manifest()
-            if old.get("suite_hash") != suite_hash:
-                raise ResultsError(
-                    f"{self.root} holds results of a different configuration of suite "
-                    f"{old.get('suite')!r} (hash {old.get('suite_hash')} != {suite_hash}); "
-                    "resume with the same suite and profile, or pass another --out")
+            self.check(suite_hash)
             return
         atomic_text(mpath, json.dumps({**meta, "suite_hash": suite_hash}, indent=2, default=str))
 

@@ -226,11 +226,22 @@ def test_a_word_where_a_number_belongs_is_refused_by_validate_and_run(tmp_path):
         assert err == "error: generator 'dcgan': epochs = 'ten'; allowed: an integer >= 1", err
 
 
+def test_numbers_in_yaml_1_1_spelling_are_numbers_but_nan_is_not(tmp_path):
+    suite = quick(arms=[{"name": "g", "generator": "dcgan", "params": {"g_lr": "G_LR"}}])
+    text = yaml.safe_dump(suite, sort_keys=False)
+    ok = CliRunner().invoke(cli, ["validate", str(dump(tmp_path / "a.yaml",
+                                                         text.replace("G_LR", "2e-4")))])
+    assert ok.exit_code == 0, ok.output            # YAML reads 2e-4 as a string
+    err = refused(["validate", str(dump(tmp_path / "b.yaml", text.replace("G_LR", ".nan")))])
+    assert "g_lr = nan; allowed: a number > 0" in err
+
+
 @pytest.mark.parametrize("where,params,expected", [
     ("generator_params", {"smote": {"k_neighbors": "five"}}, "generator 'smote': k_neighbors"),
     ("generator_params", {"dcgan": {"g_lr": "fast"}}, "generator 'dcgan': g_lr = 'fast'"),
     ("classifier", {"hidden": "wide"}, "classifier 'smallcnn': hidden = 'wide'"),
     ("tuning", {"sma": {"pop_size": "many"}}, "optimizer 'sma': pop_size = 'many'"),
+    ("dataset", {"counts": [60, 24, 12], "seed": "one"}, "dataset 'phantom': seed = 'one'"),
 ])
 def test_every_kind_of_plugin_checks_its_declared_parameters(tmp_path, where, params, expected):
     suite = quick(arms=[{"name": "g", "generator": "dcgan"},
@@ -239,6 +250,8 @@ def test_every_kind_of_plugin_checks_its_declared_parameters(tmp_path, where, pa
         suite["generator_params"] = params
     elif where == "classifier":
         suite["classifiers"] = [{"name": "smallcnn", "params": params}]
+    elif where == "dataset":
+        suite["dataset"]["options"] = params
     else:
         suite["tuning"] = {"optimizers": params, "space": {"lr": {"low": 1e-4, "high": 1e-2}}}
     err = refused(["validate", str(dump(tmp_path / "s.yaml", suite))])

@@ -1,5 +1,5 @@
-"""Helpers shared by the built-in dataset loaders: option checks, image decoding and
-file hashing. (Decoded sets are cached through ``medbench.cache``.)"""
+"""Helpers shared by the built-in dataset loaders: the checks their declared
+parameters leave to them, image decoding and file hashing. (Decoded sets are cached through ``medbench.cache``.)"""
 
 from __future__ import annotations
 
@@ -18,32 +18,6 @@ RESIZE_METHODS = ("squash", "center-crop")
 
 
 # --------------------------------------------------------------------------- options
-
-
-def check_options(loader: str, options: dict | None, allowed: dict[str, str]) -> dict:
-    """Refuse unknown option names; ``allowed`` maps each name to what it takes."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        known = "; ".join(f"{k} ({v})" for k, v in allowed.items())
-        raise DataError(f"{loader}: unknown option {unknown[0]!r}; allowed options: {known}")
-    return options
-
-
-def opt_bool(loader: str, name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise DataError(f"{loader}: option {name} must be true or false, got {value!r}")
-
-
-def opt_int(loader: str, name: str, value: Any, lo: int | None = None,
-            hi: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
-        return int(value)
-    rng = (f" between {lo} and {hi}" if lo is not None and hi is not None
-           else f" >= {lo}" if lo is not None else "")
-    raise DataError(f"{loader}: option {name} must be an integer{rng}, got {value!r}")
 
 
 def opt_choice(loader: str, name: str, value: Any, choices) -> Any:

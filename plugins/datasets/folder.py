@@ -43,15 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbench.api import DatasetLoader, DatasetSpec
+from medbench.api import DatasetLoader, DatasetSpec, Param
 from medbench.cache import Cache, content_key
 from medbench.data import ImageSet
 from medbench.errors import DataError
 from medbench.hookspecs import hookimpl
 
 from . import _decode
-from ._decode import (IMAGE_EXTENSIONS, RESIZE_METHODS, check_options, check_spec, opt_bool,
-                      opt_choice, opt_int, opt_str_list)
+from ._decode import IMAGE_EXTENSIONS, RESIZE_METHODS, check_spec, opt_str_list
 
 CACHE_VERSION = 2                # 2: the unreadable files are kept with the set
 LAYOUTS = ("auto", "splits", "classes", "radiography")
@@ -61,14 +60,6 @@ SPLIT_RANK = {"train": 0, "val": 1, "test": 2}
 JUNK_DIRS = {"__macosx"}
 PROGRESS_MIN_FILES = 200
 
-OPTIONS = {
-    "layout": "auto (default), splits, classes or radiography",
-    "classes": "list of class names to keep, in order; default all, sorted",
-    "class_map": "mapping folder name -> class name, to rename or merge folders",
-    "resize": "squash (default) or center-crop",
-    "jpeg_draft": "true or false, default false: decode big JPEGs at reduced scale (faster)",
-    "workers": "integer >= 1, decoding threads, default the number of CPUs (at most 8)",
-}
 
 
 @dataclass
@@ -126,19 +117,30 @@ class Folder(DatasetLoader):
 
     description = "images in one folder per class (optionally train/val/test folders above them)"
 
+    defaults = {"layout": "auto", "classes": None, "class_map": None, "resize": "squash",
+                "jpeg_draft": False, "workers": None}
+    choices = {"layout": LAYOUTS, "resize": RESIZE_METHODS}
+    declared = {
+        "layout": Param(help="auto: detected; splits: train/val/test folders; classes: one "
+                             "folder per class; radiography: <class>/images"),
+        "classes": Param("list", "class names to keep, in order (default: all, sorted)"),
+        "class_map": Param("mapping", "folder name -> class name, to rename or merge folders"),
+        "resize": Param(help="squash: the whole image to a square; center-crop: the central one"),
+        "jpeg_draft": Param(help="decode big JPEGs at a reduced scale first (faster)"),
+        "workers": Param("int", "decoding threads (default: the CPUs, at most 8)", low=1, high=64),
+    }
+
     def load(self, spec: DatasetSpec) -> ImageSet:
-        opts = check_options("folder", spec.options, OPTIONS)
+        opts = self.check("dataset", "folder", spec.options)
         check_spec("folder", spec.image_size, spec.channels)
-        layout = opt_choice("folder", "layout", opts.get("layout", "auto"), LAYOUTS)
-        resize = opt_choice("folder", "resize", opts.get("resize", "squash"), RESIZE_METHODS)
-        jpeg_draft = opt_bool("folder", "jpeg_draft", opts.get("jpeg_draft", False))
-        workers = opt_int("folder", "workers", opts.get("workers", min(8, os.cpu_count() or 1)), 1, 64)
-        want = opts.get("classes")
+        layout, resize, jpeg_draft = opts["layout"], opts["resize"], opts["jpeg_draft"]
+        workers = opts["workers"] or min(8, os.cpu_count() or 1)
+        want = opts["classes"]
         if want is not None:
             want = opt_str_list("folder", "classes", want)
-        cmap = opts.get("class_map")
-        if cmap is not None and (not isinstance(cmap, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in cmap.items())):
+        cmap = opts["class_map"]
+        if cmap is not None and not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in cmap.items()):
             raise DataError("folder: option class_map must map folder names to class names "
                             f"(strings), got {cmap!r}")
         cmap = dict(cmap or {})
