@@ -3,7 +3,8 @@
 A plugin subclasses the class of its kind (``Generator``, ``Classifier``, ...) and
 overrides what it needs; the engine relies only on the attributes and methods declared
 here, each with a default where one makes sense, and never probes a plugin for others.
-``InjectionPolicy`` and ``Metric`` are plugins too (registered through
+Every plugin class declares its parameters once (``Parameterised``: ``defaults``,
+``choices``, ``declared``), and ``check_params`` checks them all alike. ``InjectionPolicy`` and ``Metric`` are plugins too (registered through
 ``register_injections`` and ``register_metrics``), so an outside package can add one.
 """
 
@@ -226,7 +227,10 @@ class Parameterised:
 
 
 class DatasetLoader(Parameterised):
-    """``load(spec) -> ImageSet``; include ``splits`` when the source defines them."""
+    """``load(spec) -> ImageSet``; include ``splits`` when the source defines them.
+    ``defaults`` (and ``declared``, see ``Parameterised``) are the options it takes
+    (``spec.options``, the suite's ``dataset.options``), checked before any work; files
+    it finds but cannot read go in ``ImageSet.unreadable``."""
 
     description = ""
 
@@ -239,7 +243,9 @@ class Classifier(Parameterised):
 
     ``default_training`` holds the optimiser settings that travel with the model (the
     suite can override each). ``head(model)`` returns the classification head, the part
-    that stays trainable when a suite freezes the backbone.
+    that stays trainable when a suite freezes the backbone. ``defaults`` (and
+    ``declared``, see ``Parameterised``) are the ``params`` that ``build`` takes from
+    the suite; the engine checks them before any work.
     """
 
     description = ""

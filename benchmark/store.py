@@ -226,7 +226,8 @@ class FolderLock:
             raise ResultsError(
                 f"{self.root} is being written by process {info.get('pid')} on "
                 f"{info.get('host', '?')} ({info.get('command', 'medbench')}, since "
-                f"{info.get('since', '?')}); wait for it to end, stop it, or pass another --out")
+                f"{info.get('since', '?')}); wait for it to end, stop it, or pass another "
+                f"--out (if that process is gone, remove {self.path})")
 
     def __enter__(self) -> "FolderLock":
         try:

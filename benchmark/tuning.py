@@ -14,6 +14,7 @@ there instead of being trained again. Optimizers with their own storage (Optuna 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -232,15 +233,17 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
                command: str | None = None) -> TuneResult:
     """Run (or resume) the study of one optimizer in ``out/tune/<optimizer>``. Nothing
     is written there before the suite and the data are accepted, and one process at a
-    time writes a study (``FolderLock``)."""
+    time writes a study (``FolderLock``), unless it is an Optuna study in a ``storage``
+    that several processes share by design."""
     check_plugins(loaded)
     check_tuning(loaded)
     registry().get("optimizers", optimizer)
     lock = FolderLock(Path(out) / "tune" / optimizer, command)
-    lock.check()
+    if storage is None:
+        lock.check()
     ds, _ = load_dataset(loaded)
     check_feasible(loaded, ds)
-    with lock:
+    with lock if storage is None else contextlib.nullcontext():
         return _tune_accepted(loaded, optimizer, budget, out, ds, storage=storage,
                               device=device, quiet=quiet, command=command)
 
