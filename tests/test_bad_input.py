@@ -99,8 +99,9 @@ def test_failed_cells_exit_1_with_each_reason_once(tmp_path, monkeypatch):
         raise TrainingError("oversample broke on purpose")
     monkeypatch.setattr(Oversample, "sample", broken)
     out = tmp_path / "out"
-    suite = quick(arms=[{"name": "none"}, {"name": "over", "generator": "oversample"}],
-                  protocol={"kind": "kfold", "folds": 3, "seeds": [0, 1], "max_folds": 1})
+    suite = quick(arms=[{"name": "none"}, {"name": "over", "generator": "oversample"},
+                        {"name": "over2", "generator": "oversample"}],
+                  protocol={"kind": "kfold", "folds": 3, "seeds": [0], "max_folds": 1})
     r = CliRunner().invoke(cli, ["run", str(dump(tmp_path / "s.yaml", suite)), "--out",
                                  str(out), "-q"])
     assert r.exit_code == 1, r.output
@@ -108,7 +109,8 @@ def test_failed_cells_exit_1_with_each_reason_once(tmp_path, monkeypatch):
     assert "2 cell(s) failed, for 1 reason(s)" in r.stderr
     assert r.stderr.count("oversample broke on purpose") == 1          # the reason once
     assert "arm=over classifier=smallcnn seed=0 fold=0" in r.stderr
-    assert (out / "results.parquet").exists()                           # the rest is kept
+    assert "arm=over2 classifier=smallcnn seed=0 fold=0" in r.stderr
+    assert (out / "cells" / "none__smallcnn__s0__f0.parquet").exists()   # the rest is kept
 
 
 # --------------------------------------------------------------------------- what the data cannot do
