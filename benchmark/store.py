@@ -213,7 +213,7 @@ class FolderLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
-            return None                # half-written or damaged: its writer died mid-way
+            return None                # damaged: not a lock medbench wrote
         if info.get("host") not in (None, socket.gethostname()):
             return info                # another machine's process: cannot tell, so live
         if pid == os.getpid():         # this process: held only if a driver here holds it
@@ -238,21 +238,26 @@ class FolderLock:
         body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "command": self.command,
                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                self.check()           # a live holder: refused
-                self.path.unlink(missing_ok=True)     # a dead one's: taken over
-                continue
-            except OSError as exc:
-                raise ResultsError(f"cannot write results to {self.root}: "
-                                   f"{exc.strerror or exc}; choose another folder with --out") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-            self._held = True
-            _HELD.add(self.path.resolve())
-            return self
+        # written in full beside it, then linked into place: the lock appears whole or
+        # not at all, and linking fails if another driver's is already there
+        tmp = self.root / f".{LOCK}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(body, encoding="utf-8")
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    self.check()           # a live holder: refused
+                    self.path.unlink(missing_ok=True)     # a dead one's: taken over
+                    continue
+                self._held = True
+                _HELD.add(self.path.resolve())
+                return self
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.root}: {exc.strerror or exc}; "
+                               "choose another folder with --out") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         self.check()
         raise ResultsError(f"cannot take the lock {self.path}; remove it if no medbench "
                            "process writes this folder")
