@@ -24,15 +24,17 @@ The tables and figure of the levels are ``ablation_report``'s.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report
 from .errors import PluginError, SuiteError
 from .registry import registry
-from .engine import check_plugins
+from .engine import check_feasible, check_plugins, load_dataset
 from .runner import run_suite
-from .store import safe_name
+from .store import FolderLock, safe_name
 from .suite import LoadedSuite
 from .tuning import _entry, apply_params, derived, subject_of, tuned_params
 
@@ -157,6 +159,11 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
     return out
 
 
+def ablation_root(results_root: Path, component: str, arm: str | None = None) -> Path:
+    """Where the levels of an ablation keep their runs, one folder per level."""
+    return results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
+
+
 def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results_root: Path,
            report_dir: Path, *, quiet: bool = False, device: str | None = None,
            executor: str = "local", command: str | None = None,
@@ -172,19 +179,31 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
         if component == "pretrained" and level.value:
             if not registry().get("classifiers", clf.name).obj.supports_pretrained:
                 raise PluginError(f"classifier {clf.name!r} has no pretrained weights to ablate")
-    root = results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
-    for i, level in enumerate(lv, 1):
-        echo(f"[level {i}/{len(lv)}] {level.label}")
-        run_suite(level.loaded, root / safe_name(level.label), quiet=quiet, executor=executor,
-                  device=device, command=command, jobs=jobs, threads=threads)
-    if fidelity_images:
-        from .fidelity import run_fidelity
-        shared: dict = {}                  # the real images' features, once for all levels
-        for level in lv:
-            if any(a.generator for a in level.loaded.suite.arms):
-                echo(f"[fidelity] {level.label}")
-                run_fidelity(level.loaded, root / safe_name(level.label), max_images=fidelity_images,
-                             quiet=quiet, command=command, device=device, features_cache=shared,
-                             **({"extractor": extractor} if extractor else {}))
+    root = ablation_root(results_root, component, arm)
+    lock = FolderLock(root, command)
+    lock.check()                           # a live ablation of the same component
+    data: dict[str, Any] = {}              # every level against the data before any work
+    for level in lv:
+        key = json.dumps(level.loaded.raw["dataset"], sort_keys=True, default=str)
+        if key not in data:
+            data[key] = load_dataset(level.loaded)[0]
+        check_feasible(level.loaded, data[key])
+    data.clear()
+    with lock:
+        for i, level in enumerate(lv, 1):
+            echo(f"[level {i}/{len(lv)}] {level.label}")
+            run_suite(level.loaded, root / safe_name(level.label), quiet=quiet,
+                      executor=executor, device=device, command=command, jobs=jobs,
+                      threads=threads)
+        if fidelity_images:
+            from .fidelity import run_fidelity
+            shared: dict = {}              # the real images' features, once for all levels
+            for level in lv:
+                if any(a.generator for a in level.loaded.suite.arms):
+                    echo(f"[fidelity] {level.label}")
+                    run_fidelity(level.loaded, root / safe_name(level.label),
+                                 max_images=fidelity_images, quiet=quiet, command=command,
+                                 device=device, features_cache=shared,
+                                 **({"extractor": extractor} if extractor else {}))
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)

@@ -3,12 +3,14 @@
 A plugin subclasses the class of its kind (``Generator``, ``Classifier``, ...) and
 overrides what it needs; the engine relies only on the attributes and methods declared
 here, each with a default where one makes sense, and never probes a plugin for others.
-``InjectionPolicy`` and ``Metric`` are plugins too (registered through
+Every plugin class declares its parameters once (``Parameterised``: ``defaults``,
+``choices``, ``declared``), and ``check_params`` checks them all alike. ``InjectionPolicy`` and ``Metric`` are plugins too (registered through
 ``register_injections`` and ``register_metrics``), so an outside package can add one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,8 +40,197 @@ class DatasetSpec:
     cache_dir: Path | None = None
 
 
-class DatasetLoader:
-    """``load(spec) -> ImageSet``; include ``splits`` when the source defines them."""
+@dataclass(frozen=True)
+class Param:
+    """What a plugin says of one of its parameters beyond its default (which stays in
+    the plugin's ``defaults``) and its choices (``choices``): the type, the range, a
+    line of help. ``check_params`` checks every value against it and ``medbench plugins
+    --params NAME`` prints it. A parameter with no ``Param`` gets its type from its
+    default (an int default: an integer; a float: a number; true/false: a boolean).
+
+    type: ``int``, ``number``, ``bool``, ``str``, ``list``, ``mapping`` or ``any``
+    (``""``: from the default). ``low``/``high`` bound numbers (``low_open``/
+    ``high_open`` exclude the bound). ``also``: values accepted as they are besides the
+    type (``"auto"``). ``per_stage``: a list of such values, one per stage, is accepted
+    too. A default of None always stays allowed (the parameter is then not set)."""
+
+    type: str = ""
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+    per_stage: bool = False
+
+
+_TYPE_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false",
+               "str": "a string", "list": "a list", "mapping": "a mapping", "any": "any value"}
+
+
+def _type_of(default: Any) -> str:
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, str):
+        return "str"
+    if isinstance(default, (list, tuple)):
+        return "list"
+    if isinstance(default, dict):
+        return "mapping"
+    return "any"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter as declared, resolved: name, type, default, choices and help."""
+
+    name: str
+    default: Any
+    decl: Param
+    choices: tuple | None = None
+
+    @property
+    def type(self) -> str:
+        return self.decl.type or _type_of(self.default)
+
+    def _range(self) -> str:
+        d = self.decl
+        lo = None if d.low is None else ("> " if d.low_open else ">= ") + f"{d.low:g}"
+        hi = None if d.high is None else ("< " if d.high_open else "<= ") + f"{d.high:g}"
+        if lo and hi:
+            return (f" in {'(' if d.low_open else '['}{d.low:g}, {d.high:g}"
+                    f"{')' if d.high_open else ']'}")
+        return f" {lo or hi}" if (lo or hi) else ""
+
+    def allowed(self) -> str:
+        """What the parameter accepts, in words: "an integer >= 1 or auto"."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(_shown(c) for c in self.choices)
+        else:
+            text = _TYPE_WORDS.get(self.type, self.type) + self._range()
+            if self.decl.per_stage:
+                text += ", or a list of them (one per stage)"
+        extra = list(self.decl.also) + ([None] if self.default is None else [])
+        if extra:
+            text += " or " + " or ".join(_shown(v) for v in extra)
+        return text
+
+    def coerce(self, value: Any) -> Any:
+        """A number written as YAML 1.1 reads ``1e-4`` (a string: YAML wants ``1.0e-4``)
+        becomes the number, as the suite's own fields take it; anything else is kept."""
+        if self.type == "number" and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return number if math.isfinite(number) else value
+        return value
+
+    def accepts(self, value: Any) -> bool:
+        if value in self.decl.also or (value is None and self.default is None):
+            return True
+        if self.choices is not None:
+            return value in self.choices
+        if self.decl.per_stage and isinstance(value, (list, tuple)):
+            return bool(value) and all(self._one(v) for v in value)
+        return self._one(value)
+
+    def _one(self, value: Any) -> bool:
+        t, d = self.type, self.decl
+        numeric = not isinstance(value, bool) and isinstance(value, (int, float))
+        ok = {"int": not isinstance(value, bool) and isinstance(value, int),
+              "number": numeric, "bool": isinstance(value, bool), "str": isinstance(value, str),
+              "list": isinstance(value, (list, tuple)), "mapping": isinstance(value, dict),
+              }.get(t, True)
+        if not ok or not numeric or t not in ("int", "number"):
+            return ok
+        if not math.isfinite(value):          # .nan or .inf in YAML
+            return False
+        if d.low is not None and (value < d.low or d.low_open and value == d.low):
+            return False
+        return not (d.high is not None and (value > d.high or d.high_open and value == d.high))
+
+
+def _shown(value: Any) -> str:
+    return {None: "null", True: "true", False: "false"}.get(value, str(value)) \
+        if isinstance(value, (bool, type(None))) else str(value)
+
+
+def param_specs(defaults: dict[str, Any], choices: dict[str, Sequence] | None = None,
+                declared: dict[str, Param] | None = None) -> list[ParamSpec]:
+    """Every parameter of a plugin, resolved from its defaults, choices and declarations."""
+    choices, declared = choices or {}, declared or {}
+    return [ParamSpec(name, default, declared.get(name, Param()),
+                      tuple(choices[name]) if name in choices else None)
+            for name, default in defaults.items()]
+
+
+def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any],
+                 choices: dict[str, Sequence] | None = None,
+                 declared: dict[str, Param] | None = None) -> dict[str, Any]:
+    """A plugin's parameters, ``defaults`` filled in, or ``ParameterError``.
+
+    ``defaults`` names every parameter the plugin takes, with its default; ``choices``
+    restricts some of them to a set of values; ``declared`` gives the others their
+    type and range (``Param``). Every kind of plugin checks its parameters this way (or
+    raises ``ParameterError`` itself), so ``medbench validate`` refuses an unknown,
+    mistyped or impossible parameter before any work, in one line that names the
+    plugin, the parameter, the value and what is allowed."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        takes = ", ".join(sorted(defaults)) or "no parameters"
+        raise ParameterError(f"{kind} {name!r}: unknown parameter {unknown[0]!r}; it takes {takes}")
+    cfg = {**defaults, **given}
+    for spec in param_specs(defaults, choices, declared):
+        value = cfg[spec.name] = spec.coerce(cfg[spec.name])
+        if not spec.accepts(value):
+            verb = "use" if spec.choices is not None else "allowed:"
+            raise ParameterError(f"{kind} {name!r}: {spec.name} = {value!r}; {verb} "
+                                 f"{spec.allowed()}")
+    return cfg
+
+
+class Parameterised:
+    """What every plugin class says of its parameters (see ``Param``): ``defaults``
+    (every parameter, with its default), ``choices`` (those restricted to a set of
+    values) and ``declared`` (type, range and help of the others). ``medbench plugins
+    --params NAME`` prints them; ``check`` is what the plugin and ``medbench validate``
+    call."""
+
+    defaults: dict[str, Any] = {}
+    choices: dict[str, Sequence] = {}
+    declared: dict[str, Param] = {}
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Every parameter the plugin takes, with its default (``defaults``; a base class
+        may add its own)."""
+        return dict(cls.defaults)
+
+    @classmethod
+    def declarations(cls) -> dict[str, Param]:
+        """``declared``, with what a base class declares for the parameters it adds."""
+        return dict(cls.declared)
+
+    @classmethod
+    def param_specs(cls) -> list[ParamSpec]:
+        return param_specs(cls.parameters(), cls.choices, cls.declarations())
+
+    @classmethod
+    def check(cls, kind: str, name: str, given: dict[str, Any]) -> dict[str, Any]:
+        return check_params(kind, name, given, cls.parameters(), cls.choices,
+                            cls.declarations())
+
+
+class DatasetLoader(Parameterised):
+    """``load(spec) -> ImageSet``; include ``splits`` when the source defines them.
+    ``defaults`` (and ``declared``, see ``Parameterised``) are the options it takes
+    (``spec.options``, the suite's ``dataset.options``), checked before any work; files
+    it finds but cannot read go in ``ImageSet.unreadable``."""
 
     description = ""
 
@@ -47,12 +238,14 @@ class DatasetLoader:
         raise NotImplementedError
 
 
-class Classifier:
+class Classifier(Parameterised):
     """Builds an ``nn.Module`` mapping float N x C x H x W to N x num_classes logits.
 
     ``default_training`` holds the optimiser settings that travel with the model (the
     suite can override each). ``head(model)`` returns the classification head, the part
-    that stays trainable when a suite freezes the backbone.
+    that stays trainable when a suite freezes the backbone. ``defaults`` (and
+    ``declared``, see ``Parameterised``) are the ``params`` that ``build`` takes from
+    the suite; the engine checks them before any work.
     """
 
     description = ""
@@ -81,27 +274,7 @@ class Classifier:
         return None
 
 
-def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any],
-                 choices: dict[str, Sequence] | None = None) -> dict[str, Any]:
-    """A plugin's parameters, ``defaults`` filled in, or ``ParameterError``.
-
-    ``defaults`` names every parameter the plugin takes, with its default; ``choices``
-    restricts some of them to a set of values. Every kind of plugin checks its
-    parameters this way (or raises ``ParameterError`` itself), so ``medbench validate``
-    refuses an unknown or impossible parameter before any work."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        takes = ", ".join(sorted(defaults)) or "no parameters"
-        raise ParameterError(f"{kind} {name!r}: unknown parameter {unknown[0]!r}; it takes {takes}")
-    cfg = {**defaults, **given}
-    for key, allowed in (choices or {}).items():
-        if cfg[key] not in allowed:
-            raise ParameterError(f"{kind} {name!r}: {key} = {cfg[key]!r}; use one of "
-                                 f"{', '.join(map(str, allowed))}")
-    return cfg
-
-
-class Generator:
+class Generator(Parameterised):
     """Makes synthetic training images. This class is the whole contract between the
     engine and a generator: the engine calls nothing that is not declared here, and
     everything but ``fit`` and ``sample`` has a default.
@@ -114,10 +287,15 @@ class Generator:
         True: one model for all classes (fitted once on the whole training part of a
         fold). False: the engine fits one instance per class that needs images, passing
         only that class's images (as the ProGAN paper does).
-    ``defaults``, ``choices``
-        every parameter the generator takes, with its default, and the parameters
-        restricted to a set of values; ``__init__`` checks them (``check_params``) and
-        keeps the result in ``self.cfg``.
+    ``defaults``, ``choices``, ``declared``
+        every parameter the generator takes, with its default, the parameters
+        restricted to a set of values, and the type, range and help of the others
+        (``Parameterised``); ``__init__`` checks them and keeps the result in
+        ``self.cfg``.
+    ``min_class_images``
+        the fewest real training images of a class the generator can make images of
+        from; the engine refuses a suite whose folds leave a class below it before the
+        first cell.
     ``cacheable``
         True when ``state_dict`` / ``load_state_dict`` capture the fitted model: the
         engine then keeps fits in its generator cache, so other classifiers, injection
@@ -150,17 +328,10 @@ class Generator:
     description = ""
     conditional = True
     cacheable = False
-    defaults: dict[str, Any] = {}
-    choices: dict[str, Sequence] = {}
-
-    @classmethod
-    def parameters(cls) -> dict[str, Any]:
-        """Every parameter the generator takes, with its default (``defaults``; a base
-        class may add its own)."""
-        return dict(cls.defaults)
+    min_class_images = 1
 
     def __init__(self, **params):
-        self.cfg = check_params("generator", self.name, params, self.parameters(), self.choices)
+        self.cfg = self.check("generator", self.name, params)
         self.notes: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.grids: list[tuple[str, torch.Tensor]] = []
@@ -199,7 +370,7 @@ class Generator:
         return self
 
 
-class Optimizer:
+class Optimizer(Parameterised):
     """Minimizes ``objective(params) -> float`` over a ``medbench.space.SearchSpace``.
 
     ``minimize(objective, space, budget, seed)`` calls ``objective`` with parameter dicts
@@ -222,7 +393,7 @@ class Optimizer:
         raise NotImplementedError
 
 
-class Executor:
+class Executor(Parameterised):
     """Runs independent tasks (cells, or the generator fits that precede them): calls
     ``fn(task)`` for each and hands every result to ``on_result(task, result)`` in the
     calling process, in completion order, so all results flow into the one store.

@@ -92,20 +92,28 @@ def _portable(path: str) -> str:
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
-def validate(suite, profile):
-    """Check a suite file against the schema and its plugin names."""
-    from .engine import check_plugins, count_folds, expand_cells
+@click.option("--data", "with_data", is_flag=True,
+              help="Also load the data and check the protocol and the generators against it "
+                   "(what `run` checks before its first cell).")
+def validate(suite, profile, with_data):
+    """Check a suite file against the schema, its plugins and their parameters."""
+    from .engine import check_feasible, check_plugins, count_folds, expand_cells, load_dataset
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     check_plugins(loaded, download=False)     # `run` fetches missing pretrained weights
     if "tuning" in loaded.raw:          # a suite that declares a study: check it too
         from .tuning import check_tuning
         check_tuning(loaded)
+    data = ""
+    if with_data:
+        ds, _ = load_dataset(loaded)
+        check_feasible(loaded, ds)
+        data = f"; data: {len(ds)} images in {ds.num_classes} classes, smallest {min(ds.counts())}"
     s = loaded.suite
     n = len(expand_cells(loaded, count_folds(loaded)))
     click.echo(f"{suite}: valid suite {s.name!r} ({len(s.arms)} arm(s) x {len(s.classifiers)} "
                f"classifier(s) x {len(s.protocol.seeds)} seed(s) x {count_folds(loaded)} fold(s) "
-               f"= {n} cells; hash {loaded.hash})")
+               f"= {n} cells; hash {loaded.hash}){data}")
 
 
 def _default_out(loaded, profile) -> Path:
@@ -138,7 +146,7 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
         quiet):
     """Run a suite; finished cells are kept, so rerunning resumes."""
     from .tables import summarize, wide, with_minority_recall
-    from .runner import run_suite
+    from .runner import failures_by_reason, run_suite
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     base_out = _default_out(loaded, profile)
@@ -160,8 +168,10 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
                    command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
                    threads=threads)
+    failed = failures_by_reason(loaded, out)
     if df.empty:
         click.echo("no cell finished; see the messages above")
+        _exit_on_failures(failed, out)
         return
     metrics = loaded.suite.report.metrics
     if "minority_recall" in metrics:
@@ -171,6 +181,21 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     _print_table(table, f"{loaded.suite.name}: mean ± std on the real test fold(s)")
     click.echo(f"results: {out / 'results.parquet'} (and results.csv); tables: "
                f"medbench report {out}")
+    _exit_on_failures(failed, out)
+
+
+def _exit_on_failures(failed: dict[str, list[str]], out: Path) -> None:
+    """End a run whose cells failed: each reason once, with the cells it stopped (the
+    first few named), then exit code 1 so that a batch script can tell."""
+    if not failed:
+        return
+    n = sum(len(cells) for cells in failed.values())
+    click.echo(f"{n} cell(s) failed, for {len(failed)} reason(s) (details in "
+               f"{out / 'cells'}/*.failed.json); rerun the same command to retry them:", err=True)
+    for reason, cells in failed.items():
+        shown = "; ".join(cells[:3]) + (f"; and {len(cells) - 3} more" if len(cells) > 3 else "")
+        click.echo(f"  {reason}\n    ({len(cells)} cell(s): {shown})", err=True)
+    click.get_current_context().exit(1)
 
 
 @cli.command()
@@ -258,6 +283,10 @@ def ablate(suite, component, arm, fidelity_images, extractor, levels, profile, o
     """One run per level of a component with everything else fixed; writes a table and
     a figure (e.g. SIIR against accuracy and macro-F1, seed 000's Table 9)."""
     from .ablation import ablate as run_ablation
+    from .ablation import ablation_root
+    from .ablation import levels as ablation_levels
+    from .runner import failures_by_reason
+    from .store import safe_name
     from .suite import load_suite
     loaded = load_suite(suite, profile)
     out = out or _default_out(loaded, profile)
@@ -276,6 +305,12 @@ def ablate(suite, component, arm, fidelity_images, extractor, levels, profile, o
                           echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads,
                           arm=arm, fidelity_images=fidelity_images, extractor=extractor):
         click.echo(f"wrote {p}")
+    failed: dict[str, list[str]] = {}
+    root = ablation_root(out, component, arm)
+    for level in ablation_levels(loaded, component, given, out, arm):
+        for reason, cells in failures_by_reason(level.loaded, root / safe_name(level.label)).items():
+            failed.setdefault(reason, []).extend(f"level {level.label}: {c}" for c in cells)
+    _exit_on_failures(failed, root)
 
 
 def _print_table(table, title: str) -> None:
@@ -352,12 +387,17 @@ def fidelity(suite, profile, out, fid_weights, extractor, max_images, classes, q
 
 
 @cli.command()
-def plugins():
+@click.option("--params", "params_of", default=None, metavar="NAME",
+              help="Print the parameters plugin NAME takes: type, default, what is allowed, help.")
+def plugins(params_of):
     """List every plugin: name, kind, package and version."""
     from rich.console import Console
     from rich.table import Table
     from .registry import registry
     reg = registry()
+    if params_of is not None:
+        _print_params(reg, params_of)
+        return
     t = Table(title="medbench plugins")
     for c in ("name", "kind", "package", "version", "description"):
         t.add_column(c)
@@ -367,6 +407,30 @@ def plugins():
     Console(width=max(120, Console().width)).print(t)
     for line in reg.failures:
         click.echo(f"skipped: {line}", err=True)
+
+
+def _print_params(reg, name: str) -> None:
+    """The parameters of every plugin called ``name`` (a name may serve several kinds)."""
+    from rich.console import Console
+    from rich.table import Table
+    from .api import Parameterised
+    from .errors import PluginError
+    found = [info for info in reg.all() if info.name == name]
+    if not found:
+        raise PluginError(f"no plugin named {name!r}; `medbench plugins` lists them")
+    for info in found:
+        obj = info.obj if isinstance(info.obj, type) else type(info.obj)
+        specs = obj.param_specs() if issubclass(obj, Parameterised) else []
+        title = f"{info.kind[:-1]} {name} ({info.package} {info.version})"
+        if not specs:
+            click.echo(f"{title}: no parameters")
+            continue
+        t = Table(title=title)
+        for c in ("parameter", "type", "default", "allowed", "help"):
+            t.add_column(c)
+        for p in specs:
+            t.add_row(p.name, p.type, json.dumps(p.default), p.allowed(), p.decl.help)
+        Console(width=max(140, Console().width)).print(t)
 
 
 from .cache_cli import cache as cache_group  # noqa: E402 - `medbench cache ls|prune`

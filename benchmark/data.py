@@ -30,6 +30,9 @@ class ImageSet:
     sources: optional per-image origin (file path or "npz:train:17") for reports
     hashes:  optional per-image content hash (of the original file bytes when the
              loader has them); computed from the pixels when absent
+    unreadable: files the loader found but could not read, each "path (reason)"; they
+             are not in the set, and the engine refuses the set or warns about them as
+             the suite's ``dataset.unreadable`` says
     """
 
     images: torch.Tensor
@@ -40,6 +43,7 @@ class ImageSet:
     hashes: list[str] | None = None
     name: str = ""
     notes: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -79,7 +83,7 @@ class ImageSet:
         return ImageSet(
             images=self.images[t], labels=self.labels[t], classes=list(self.classes),
             splits=pick(self.splits), sources=pick(self.sources), hashes=pick(self.hashes),
-            name=self.name, notes=list(self.notes),
+            name=self.name, notes=list(self.notes), unreadable=list(self.unreadable),
         )
 
     def without_classes(self, names: list[str]) -> "ImageSet":
@@ -153,7 +157,23 @@ def conform(ds: ImageSet, image_size: int, channels: int) -> ImageSet:
     if images is ds.images:
         return ds
     return ImageSet(images=images, labels=ds.labels, classes=ds.classes, splits=ds.splits,
-                    sources=ds.sources, hashes=ds.hashes, name=ds.name, notes=list(ds.notes))
+                    sources=ds.sources, hashes=ds.hashes, name=ds.name, notes=list(ds.notes),
+                    unreadable=list(ds.unreadable))
+
+
+def handle_unreadable(ds: ImageSet, policy: str, shown: int = 3) -> list[str]:
+    """Apply ``dataset.unreadable`` to the files the loader could not read: ``refuse``
+    raises a DataError that says how many, names the first few and the option; ``skip``
+    returns the one-line warning to print (the files are already left out)."""
+    bad = ds.unreadable
+    if not bad:
+        return []
+    first = "; ".join(bad[:shown]) + (f"; and {len(bad) - shown} more" if len(bad) > shown else "")
+    what = f"dataset {ds.name!r}: {len(bad)} file(s) cannot be read as images: {first}"
+    if policy == "refuse":
+        raise DataError(f"{what}; fix or remove them, or set dataset.unreadable: skip to leave "
+                        "them out")
+    return [f"{what}; skipped (dataset.unreadable: skip; listed in data_report.json)"]
 
 
 # --------------------------------------------------------------------------- duplicates

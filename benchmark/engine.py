@@ -27,7 +27,7 @@ import torch
 from . import injection, metrics
 from .api import DatasetSpec, Generator
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
-from .data import ImageSet, conform, handle_duplicates
+from .data import ImageSet, conform, handle_duplicates, handle_unreadable
 from .errors import DataError, MedbenchError, PluginError
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .progress import Progress
@@ -37,8 +37,9 @@ from .store import safe_name
 from .suite import ArmConfig, ClassifierConfig, LoadedSuite, TrainingConfig, resolve_data_path
 from .trainer import Settings, Trainer, class_weight_vector
 
-__all__ = ["Cell", "Engine", "Prefit", "Trained", "check_plugins", "count_folds",
-           "expand_cells", "load_dataset", "prefit_tasks"]
+__all__ = ["Cell", "Engine", "Prefit", "Trained", "check_feasible", "check_plugins",
+           "count_folds", "expand_cells", "load_dataset", "planned_counts", "prefit_tasks",
+           "suite_folds"]
 
 
 # --------------------------------------------------------------------------- cells
@@ -108,14 +109,18 @@ def prefit_tasks(loaded: LoadedSuite, todo: list[Cell]) -> list[Prefit]:
 # --------------------------------------------------------------------------- before any work
 
 def check_plugins(loaded: LoadedSuite, *, download: bool = True) -> None:
-    """Fail before any work when a suite names a plugin that is not installed, or gives
-    a generator parameters or data it cannot take, or asks for pretrained weights that
-    cannot be had (``download``: fetch missing ones now; False for ``validate``)."""
+    """Fail before any work when a suite names a plugin that is not installed, gives a
+    plugin (dataset loader, classifier, generator) a parameter it does not declare or a
+    value it does not allow, a generator an image size it cannot take, or asks for
+    pretrained weights that cannot be had (``download``: fetch missing ones now; False
+    for ``validate``)."""
     reg = registry()
     s = loaded.suite
-    reg.get("datasets", s.dataset.loader)
+    reg.get("datasets", s.dataset.loader).obj.check("dataset", s.dataset.loader,
+                                                    s.dataset.options)
     for clf in s.classifiers:
         info = reg.get("classifiers", clf.name)
+        info.obj.check("classifier", clf.name, clf.params)
         if clf.pretrained and not info.obj.supports_pretrained:
             raise PluginError(f"classifier {clf.name!r} has no pretrained weights; "
                               "set pretrained: false")
@@ -126,6 +131,56 @@ def check_plugins(loaded: LoadedSuite, *, download: bool = True) -> None:
             # parameters are checked now, not after hours of other arms
             gen = info.obj(**s.params_for(arm))
             gen.check_data(s.dataset.image_size, s.dataset.channels)
+
+
+def suite_folds(loaded: LoadedSuite, ds: ImageSet, seed: int) -> list[Fold]:
+    """The protocol's folds of one seed (every fold, also those ``max_folds`` skips)."""
+    p = loaded.suite.protocol
+    return make_folds(ds, p.kind, seed=seed, folds=p.folds, val_fraction=p.val_fraction,
+                      test_fraction=p.test_fraction, min_per_class=loaded.suite.dataset.min_per_class)
+
+
+def planned_counts(arm: ArmConfig, counts: list[int], classes: list[str]) -> list[int]:
+    """Synthetic images per class an arm adds to a training part with these real
+    counts: its injection policy, or, for an arm trained on synthetic images only
+    (TSTR), as many per class as the real part has."""
+    if not arm.generator:
+        return [0] * len(counts)
+    if arm.train_on == "synthetic":
+        return list(counts)
+    inj = arm.injection
+    return injection.plan(inj.policy, counts, classes, siir=inj.siir, per_class=inj.per_class)
+
+
+def check_feasible(loaded: LoadedSuite, ds: ImageSet) -> None:
+    """Refuse, once and before the first cell, what the loaded data cannot satisfy: the
+    folds and validation split of every seed (too few images of a class for the
+    protocol), and each arm's generator against the training images of every class it
+    must make images for (``Generator.min_class_images``). Otherwise every cell would
+    fail alike, one by one."""
+    s = loaded.suite
+    reg = registry()
+    n_folds = count_folds(loaded)
+    for seed in s.protocol.seeds:
+        try:
+            folds = suite_folds(loaded, ds, seed)[:n_folds]
+        except DataError as exc:
+            raise DataError(f"{loaded.path.name}: the data cannot satisfy the protocol: {exc}") from None
+        for arm in s.arms:
+            if not arm.generator:
+                continue
+            need = reg.get("generators", arm.generator).obj.min_class_images
+            for fold in folds:
+                counts = np.bincount(ds.labels.numpy()[fold.train],
+                                     minlength=ds.num_classes).tolist()
+                for c, n in enumerate(planned_counts(arm, counts, ds.classes)):
+                    if n > 0 and counts[c] < need:
+                        raise DataError(
+                            f"{loaded.path.name}: arm {arm.name!r}: generator {arm.generator!r} "
+                            f"needs at least {need} training images of each class it makes "
+                            f"images for; class {ds.classes[c]!r} has {counts[c]} in fold "
+                            f"{fold.index} (seed {seed}); add images, drop the class "
+                            "(dataset.drop_classes), lower protocol.folds or use another generator")
 
 
 def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
@@ -140,6 +195,7 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     ds = conform(ds, d.image_size, d.channels)
     if len(ds) == 0:
         raise DataError(f"dataset {d.loader!r} at {spec.path} has no images")
+    warnings = handle_unreadable(ds, d.unreadable)
     ds, dup = handle_duplicates(ds, d.duplicates)
     dropped = {}
     if d.drop_classes:
@@ -156,6 +212,7 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
                                                    for k in ("train", "val", "test")},
         "duplicates": dup.as_dict(), "duplicates_summary": dup.summary(),
         "fingerprint": ds.fingerprint(), "notes": ds.notes,
+        "unreadable": list(ds.unreadable), "warnings": warnings,
     }
     if dropped:
         report["dropped_classes"] = dropped
@@ -217,11 +274,7 @@ class Engine:
     # ------------------------------------------------------------ folds and arms
     def folds(self, seed: int) -> list[Fold]:
         if seed not in self._folds:
-            p = self.s.protocol
-            self._folds[seed] = make_folds(self.ds, p.kind, seed=seed, folds=p.folds,
-                                           val_fraction=p.val_fraction,
-                                           test_fraction=p.test_fraction,
-                                           min_per_class=self.s.dataset.min_per_class)
+            self._folds[seed] = suite_folds(self.loaded, self.ds, seed)
         return self._folds[seed]
 
     def arm(self, name: str) -> ArmConfig:
@@ -242,15 +295,9 @@ class Engine:
         """Synthetic images per class the arm adds to the fold's training part: its
         injection policy on the real counts, or, for an arm trained on synthetic images
         only (TSTR), as many per class as the real training part has."""
-        if not arm.generator:
-            return [0] * self.ds.num_classes
         counts = np.bincount(self.ds.labels.numpy()[fold.train],
                              minlength=self.ds.num_classes).tolist()
-        if arm.train_on == "synthetic":
-            return list(counts)
-        inj = arm.injection
-        return injection.plan(inj.policy, counts, self.ds.classes, siir=inj.siir,
-                              per_class=inj.per_class)
+        return planned_counts(arm, counts, self.ds.classes)
 
     # ------------------------------------------------------------ synthetic images
     def training_set(self, arm: ArmConfig, fold: Fold, seed: int):

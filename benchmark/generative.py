@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .api import Generator
+from .api import Generator, Param
 from .errors import GeneratorDiverged, ParameterError, TrainingError
 
 __all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "ImagesShown", "NeuralGenerator", "WeightAverage",
@@ -42,6 +42,12 @@ __all__ = ["COLLAPSE_RATIO", "GRID_SIDE", "ImagesShown", "NeuralGenerator", "Wei
 # snapshots_kimg: budget milestones (thousands of images shown) at which one fit keeps the
 # generator it would have been had it stopped there (see NeuralGenerator.at)
 COMMON = {"collapse_check": True, "seconds": None, "snapshots_kimg": None}
+COMMON_DECLARED = {
+    "collapse_check": Param(help="fail the fit when the samples are nearly identical"),
+    "seconds": Param("number", "wall-clock cap on the fit, in seconds", low=0, low_open=True),
+    "snapshots_kimg": Param("list", "kimg milestones at which to keep the generator, e.g. "
+                                    "[5, 10, 20]"),
+}
 GRID_SIDE = 8          # sample grids are GRID_SIDE x GRID_SIDE images
 COLLAPSE_RATIO = 0.05  # sample diversity below this fraction of the real images' = collapse
 
@@ -168,10 +174,15 @@ class NeuralGenerator(Generator):
     resumable = False
     # parameters a continuation may change
     BUDGET_KEYS = ("kimg", "snapshots_kimg")
+    min_class_images = 2          # what ``prepare`` needs to train on
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         return {**COMMON, **cls.defaults}
+
+    @classmethod
+    def declarations(cls) -> dict[str, Param]:
+        return {**COMMON_DECLARED, **cls.declared}
 
     def __init__(self, **params):
         super().__init__(**params)

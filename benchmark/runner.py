@@ -20,18 +20,18 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .engine import (Cell, Engine, Prefit, check_plugins, count_folds, expand_cells, load_dataset,
-                     prefit_tasks)
+from .engine import (Cell, Engine, Prefit, check_feasible, check_plugins, count_folds,
+                     expand_cells, load_dataset, prefit_tasks)
 from .errors import Terminated
 from .execution import CellWork, default_threads
 from .progress import ConsoleProgress
 from .provenance import git_commit
 from .registry import registry
-from .store import ResultsStore
+from .store import FolderLock, ResultsStore
 from .suite import LoadedSuite
 from .trainer import pick_device
 
-__all__ = ["run_suite", "signals_deferred"]
+__all__ = ["failures_by_reason", "run_suite", "signals_deferred"]
 
 
 def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: str = "local",
@@ -45,7 +45,11 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     ``ray`` in parallel workers); every finished cell is written to the store as soon as
     it comes back, so a kill loses only cells in flight, and Ctrl-C stops after saving
     what has finished. A cell that fails (NaN loss, plugin exception, generator
-    divergence) is recorded with its reason and the others go on."""
+    divergence) is recorded with its reason and the others go on.
+
+    Nothing is written to ``out`` before the suite, the data and the folder are
+    accepted: a refused run leaves nothing that would change the next one. While it
+    runs, the folder's ``FolderLock`` refuses a second driver."""
     check_plugins(loaded)
     s = loaded.suite
     if jobs > 1 and executor == "local":
@@ -55,6 +59,22 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     if gpus is None:
         gpus = 1.0 if dev.type == "cuda" else 0.0
     threads = threads or default_threads(jobs if exec_cls.parallel else 1)
+    lock = FolderLock(out, command)
+    lock.check()                       # a live driver on the folder: refused, nothing loaded
+    ResultsStore(out).check(loaded.hash)       # another configuration's folder: the same
+    ds, data_report = load_dataset(loaded)
+    check_feasible(loaded, ds)
+    with lock:
+        return _run_accepted(loaded, out, ds, data_report, quiet=quiet, executor=executor,
+                             exec_cls=exec_cls, dev=dev, command=command, jobs=jobs,
+                             address=address, gpus=gpus, threads=threads)
+
+
+def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quiet: bool,
+                  executor: str, exec_cls, dev: torch.device, command: str | None, jobs: int,
+                  address: str | None, gpus: float, threads: int) -> pd.DataFrame:
+    """``run_suite`` once the suite and its data are accepted and the folder is ours."""
+    s = loaded.suite
     store = ResultsStore(out)
     meta = {
         "suite": s.name, "suite_path": str(loaded.path), "profile": loaded.profile,
@@ -63,7 +83,6 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
         "report": s.report.model_dump(),
     }
     store.open(loaded.hash, meta)
-    ds, data_report = load_dataset(loaded)
     store.write_text("data_report.json", json.dumps(data_report, indent=2, default=str))
     cells = expand_cells(loaded, count_folds(loaded))
     done = store.done()
@@ -71,12 +90,13 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     progress = ConsoleProgress(len(cells), "cells", quiet)
     if data_report["duplicates"]["groups"]:
         progress.warn(f"{ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
+    for line in data_report.get("warnings", []):
+        progress.warn(line)
     if done:
         progress.log(f"resuming {out}: {len(cells) - len(todo)} of {len(cells)} cells already done")
     provenance = {"git_commit": meta["git_commit"], "medbench_version": __version__,
                   "torch_version": torch.__version__, "device": str(dev), "threads": threads}
     n_done = len(cells) - len(todo)
-    failures = 0
 
     work = CellWork(loaded, str(dev), out, threads, quiet, ds.fingerprint())
     runner = exec_cls(jobs=jobs, address=address, gpus=gpus)
@@ -92,7 +112,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
             _save_result(cell, result)
 
     def _save_result(cell: Cell, result) -> None:
-        nonlocal n_done, failures
+        nonlocal n_done
         status, payload, preds, secs = result
         n_done += 1
         if status in ("ok", "cached"):
@@ -105,7 +125,6 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
             how = "from the cell cache" if status == "cached" else f"{secs:.1f} s"
             progress.finished(n_done, f"done {cell.label()} {summary}({how})")
         else:
-            failures += 1
             info = {"cell": cell.label(), "reason": payload}
             if preds:                  # the traceback of an unexpected exception
                 info["traceback"] = preds
@@ -132,10 +151,25 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     finally:
         torch.set_num_threads(old_threads)
         progress.close()
-    df = store.consolidate()
-    if failures:
-        progress.warn(f"{failures} cell(s) failed; see {out / 'cells'}/*.failed.json")
-    return df
+    return store.consolidate()
+
+
+def failures_by_reason(loaded: LoadedSuite, out: Path) -> dict[str, list[str]]:
+    """The cells of the suite that failed and are not finished, grouped by reason
+    (reason -> cell labels, in cell order), from their ``cells/*.failed.json``."""
+    store = ResultsStore(out)
+    if not store.cells.is_dir():
+        return {}
+    done = store.done()
+    pending = {c.label(): c for c in expand_cells(loaded, count_folds(loaded))
+               if c.key not in done}
+    groups: dict[str, list[Cell]] = {}
+    for info in store.failures():
+        cell = pending.get(info.get("cell"))
+        if cell is not None:
+            groups.setdefault(str(info.get("reason", "unknown")), []).append(cell)
+    return {reason: [c.label() for c in sorted(cells, key=lambda c: c.order)]
+            for reason, cells in groups.items()}
 
 
 @contextlib.contextmanager

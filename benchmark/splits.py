@@ -34,8 +34,12 @@ def _carve(index: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
         raise DataError(f"cannot carve a stratified {what} split: a class has only "
                         f"{present.min()} image(s) in the part it is carved from")
     n_take = max(int(round(fraction * len(index))), len(present))
-    rest, taken = train_test_split(index, test_size=n_take, stratify=labels[index],
-                                   random_state=seed)
+    try:
+        rest, taken = train_test_split(index, test_size=n_take, stratify=labels[index],
+                                       random_state=seed)
+    except ValueError as exc:      # too few images left to stratify both parts
+        raise DataError(f"cannot carve a stratified {what} split of {n_take} image(s) from "
+                        f"{len(index)} of {len(present)} classes: {exc}") from None
     return np.sort(rest), np.sort(taken)
 
 

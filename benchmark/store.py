@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .errors import ResultsError
 from .files import atomic_text, atomic_write
 
 MANIFEST = "manifest.json"
+LOCK = ".medbench.lock"
 
 
 def safe_name(text: str) -> str:
@@ -40,6 +43,16 @@ class ResultsStore:
         self._last_write = float("-inf")
 
     # ---------------------------------------------------------------- set-up
+    def check(self, suite_hash: str) -> None:
+        """Refuse, writing nothing, a folder that holds results of another configuration."""
+        if (self.root / MANIFEST).exists():
+            old = self.manifest()
+            if old.get("suite_hash") != suite_hash:
+                raise ResultsError(
+                    f"{self.root} holds results of a different configuration of suite "
+                    f"{old.get('suite')!r} (hash {old.get('suite_hash')} != {suite_hash}); "
+                    "resume with the same suite and profile, or pass another --out")
+
     def open(self, suite_hash: str, meta: dict[str, Any]) -> None:
         try:
             self.cells.mkdir(parents=True, exist_ok=True)
@@ -51,12 +64,7 @@ class ResultsStore:
                                "choose another folder with --out") from None
         mpath = self.root / MANIFEST
         if mpath.exists():
-            old = self.manifest()
-            if old.get("suite_hash") != suite_hash:
-                raise ResultsError(
-                    f"{self.root} holds results of a different configuration of suite "
-                    f"{old.get('suite')!r} (hash {old.get('suite_hash')} != {suite_hash}); "
-                    "resume with the same suite and profile, or pass another --out")
+            self.check(suite_hash)
             return
         atomic_text(mpath, json.dumps({**meta, "suite_hash": suite_hash}, indent=2, default=str))
 
@@ -161,3 +169,105 @@ class ResultsStore:
             atomic_write(self.root / "results.csv", lambda p: df.to_csv(p, index=False))
         self._last_write = time.monotonic()
         return df
+
+
+# --------------------------------------------------------------------------- one driver
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:            # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
+_HELD: set[Path] = set()               # the locks this process holds
+
+
+class FolderLock:
+    """One driver per folder: ``run``, ``tune`` and ``ablate`` hold it while they write.
+
+    The lock is a file naming the process that holds it (pid, host, command). A second
+    driver is refused while that process lives; a lock left by a killed process (its
+    pid gone) is taken over, so a kill never leaves a folder stuck. ``check`` refuses
+    without writing anything (before the suite and data are accepted); entering the
+    context creates the folder and the lock atomically, leaving it removes the lock."""
+
+    def __init__(self, root: Path, command: str | None = None):
+        self.root = Path(root)
+        self.path = self.root / LOCK
+        self.command = command or "medbench"
+        self._held = False
+
+    def holder(self) -> dict | None:
+        """Who holds the lock now: the lock file's contents, or None when nobody (no
+        file, or the process that wrote it has gone)."""
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            pid = int(info["pid"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None                # damaged: not a lock medbench wrote
+        if info.get("host") not in (None, socket.gethostname()):
+            return info                # another machine's process: cannot tell, so live
+        if pid == os.getpid():         # this process: held only if a driver here holds it
+            return info if self.path.resolve() in _HELD else None
+        return info if _alive(pid) else None
+
+    def check(self) -> None:
+        info = self.holder()
+        if info is not None:
+            raise ResultsError(
+                f"{self.root} is being written by process {info.get('pid')} on "
+                f"{info.get('host', '?')} ({info.get('command', 'medbench')}, since "
+                f"{info.get('since', '?')}); wait for it to end, stop it, or pass another "
+                f"--out (if that process is gone, remove {self.path})")
+
+    def __enter__(self) -> "FolderLock":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.root}: {exc.strerror or exc}; "
+                               "choose another folder with --out") from None
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "command": self.command,
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        # written in full beside it, then linked into place: the lock appears whole or
+        # not at all, and linking fails if another driver's is already there
+        tmp = self.root / f".{LOCK}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(body, encoding="utf-8")
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    self.check()           # a live holder: refused
+                    self.path.unlink(missing_ok=True)     # a dead one's: taken over
+                    continue
+                self._held = True
+                _HELD.add(self.path.resolve())
+                return self
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.root}: {exc.strerror or exc}; "
+                               "choose another folder with --out") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.check()
+        raise ResultsError(f"cannot take the lock {self.path}; remove it if no medbench "
+                           "process writes this folder")
+
+    def __exit__(self, *exc) -> None:
+        if self._held:
+            self._held = False
+            _HELD.discard(self.path.resolve())
+            try:
+                if json.loads(self.path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                    self.path.unlink()
+            except (OSError, ValueError):
+                pass

@@ -39,6 +39,9 @@ class DatasetConfig(Strict):
     channels: Literal[1, 3] = 1
     options: dict[str, Any] = Field(default_factory=dict)
     duplicates: Literal["drop", "refuse", "keep"] = "drop"
+    unreadable: Literal["refuse", "skip"] = Field(
+        "refuse", description="files that cannot be read as images: refuse the data, naming "
+                              "them, or skip them with a warning (recorded in data_report.json)")
     min_per_class: int = Field(2, ge=1, description="refuse classes with fewer training images")
     drop_classes: list[str] = Field(default_factory=list,
                                     description="classes left out, after duplicates are handled")
@@ -133,7 +136,7 @@ class TrainingConfig(Strict):
     weight_decay: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     batch_size: int | None = Field(None, ge=1)
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(10, ge=1, description="zero epochs would report an untrained model")
     schedule: Literal["none", "cosine", "step", "plateau"] = "none"
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="step schedule: fractions of epochs")
@@ -163,6 +166,14 @@ class TrainingConfig(Strict):
         if isinstance(v, bool):
             return v
         raise ValueError("must be true (bf16 where supported, else fp16), false, bf16 or fp16")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_train(cls, v):
+        if v is not None and sum(st.epochs for st in v) < 1:
+            raise ValueError("the stages train for 0 epochs in all; give at least one stage "
+                             "epochs >= 1")
+        return v
 
 
 class ClassifierConfig(Strict):

@@ -14,6 +14,7 @@ there instead of being trained again. Optimizers with their own storage (Optuna 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -29,7 +30,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from . import __version__
-from .engine import Engine, check_plugins, count_folds, load_dataset
+from .engine import Engine, check_feasible, check_plugins, count_folds, load_dataset
 from .errors import MedbenchError, PluginError, ResultsError, SuiteError
 from .files import atomic_text
 from .metrics import scalar_metrics
@@ -37,6 +38,7 @@ from .plotting import pyplot, save_figure
 from .progress import ConsoleProgress
 from .registry import registry
 from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
+from .store import FolderLock
 from .suite import LoadedSuite, Suite, format_validation_error
 from .trainer import pick_device
 
@@ -141,6 +143,8 @@ def check_tuning(loaded: LoadedSuite) -> SearchSpace:
                                  "injection: {policy: complementary}")
         if scope == "arm" and path[0] in ("name", "generator"):
             raise SuiteError(f"tuning.space.{name}: an arm's name or generator cannot be tuned")
+    for name, params in s.tuning.optimizers.items():    # their declared parameters
+        registry().get("optimizers", name).obj.check("optimizer", name, params)
     for corner in (0.0, 1.0):   # the extreme values must make valid suites
         apply_params(loaded, space.from_unit([corner] * len(space)))
     return space
@@ -227,6 +231,26 @@ def _fmt_params(params: dict) -> str:
 def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *,
                storage: str | None = None, device: str | None = None, quiet: bool = False,
                command: str | None = None) -> TuneResult:
+    """Run (or resume) the study of one optimizer in ``out/tune/<optimizer>``. Nothing
+    is written there before the suite and the data are accepted, and one process at a
+    time writes a study (``FolderLock``), unless it is an Optuna study in a ``storage``
+    that several processes share by design."""
+    check_plugins(loaded)
+    check_tuning(loaded)
+    registry().get("optimizers", optimizer)
+    lock = FolderLock(Path(out) / "tune" / optimizer, command)
+    if storage is None:
+        lock.check()
+    ds, _ = load_dataset(loaded)
+    check_feasible(loaded, ds)
+    with lock if storage is None else contextlib.nullcontext():
+        return _tune_accepted(loaded, optimizer, budget, out, ds, storage=storage,
+                              device=device, quiet=quiet, command=command)
+
+
+def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, ds, *,
+                   storage: str | None, device: str | None, quiet: bool,
+                   command: str | None) -> TuneResult:
     check_plugins(loaded)
     space = check_tuning(loaded)
     s = loaded.suite
@@ -251,7 +275,6 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
     journal = Journal(folder, config)
     memo = {params_key(r["params"]): r for r in journal.records()}
     dev = pick_device(device or s.device)
-    ds, _ = load_dataset(loaded)
     progress = ConsoleProgress(budget.trials, f"tune {s.name} ({optimizer})", quiet)
     engine = Engine(loaded, ds, dev, out=None, progress=progress)
     counters = {"new": 0, "replayed": 0}

@@ -212,8 +212,10 @@ def test_unknown_param_is_a_plugin_error(name):
 def test_unknown_param_lists_accepted_ones():
     with pytest.raises(PluginError, match="accepted parameters: grid, hidden"):
         REGISTERED["smallcnn"]().build(2, 3, 28, depth=4)
-    with pytest.raises(PluginError, match="'grid' must be a positive integer"):
+    with pytest.raises(PluginError, match="grid = 0; allowed: an integer >= 1"):
         REGISTERED["smallcnn"]().build(2, 3, 28, grid=0)
+    with pytest.raises(PluginError, match="hidden = 'wide'; allowed: an integer >= 1"):
+        REGISTERED["smallcnn"]().build(2, 3, 28, hidden="wide")
 
 
 @pytest.mark.parametrize("kwargs", [dict(dropout=1.0), dict(dropout=-0.1)])

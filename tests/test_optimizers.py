@@ -386,8 +386,9 @@ def test_shared_study_with_another_space_is_refused(tmp_path):
 
 @pytest.mark.parametrize("make,params,match", [
     (SMAOptimizer, {"popsize": 10}, "unknown parameter 'popsize'"),
-    (SMAOptimizer, {"variant": "fast"}, "original or dev"),
-    (SMAOptimizer, {"pop_size": 3}, r"pop_size must be an integer in \[5, 10000\]"),
+    (SMAOptimizer, {"variant": "fast"}, "variant = 'fast'; use one of original, dev"),
+    (SMAOptimizer, {"pop_size": 3}, r"pop_size = 3; allowed: an integer in \[5, 10000\]"),
+    (SMAOptimizer, {"pop_size": "many"}, r"pop_size = 'many'; allowed: an integer"),
     (SMAOptimizer, {"epochs": 0}, "epochs"),
     (SMAOptimizer, {"p_t": 1.5}, "p_t"),
     (RandomSearch, {"seed": 1}, "takes no parameters"),

@@ -161,5 +161,5 @@ def test_bad_classifier_training_override_is_one_line_at_load(write_suite):
     r = CliRunner().invoke(cli, ["validate", str(write_suite(bad))])
     assert r.exit_code == 2
     assert r.stderr.strip().endswith("classifier 'smallcnn': training.epochs: Input should be "
-                                     "greater than or equal to 0")
+                                     "greater than or equal to 1")
     assert len(r.stderr.strip().splitlines()) == 1

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from medbench.api import Classifier
-from medbench.errors import ParameterError, PluginError
+from medbench.api import Classifier, Param
+from medbench.errors import PluginError
 from medbench.hookspecs import hookimpl
 
 from .torchvision_models import check_build_args
@@ -61,17 +61,16 @@ class SmallCNN(Classifier):
     description = "small 3-block CNN of seed paper 001 (32-64-128 conv, Dense 128, dropout)"
     default_training = {"optimizer": "adam", "lr": 1e-3}
     supports_pretrained = False
+    defaults = {"hidden": 128, "grid": 3}
+    declared = {"hidden": Param("int", "units of the dense layer", low=1),
+                "grid": Param("int", "side of the pooled feature grid before it", low=1)}
 
     def build(self, num_classes, in_channels, image_size, *, pretrained=False, dropout=0.0,
               **params):
-        opts = check_build_args(self.name, num_classes, in_channels, image_size, dropout,
-                                params, accepted={"hidden": 128, "grid": 3})
+        check_build_args(self.name, num_classes, in_channels, image_size, dropout, params,
+                         accepted=self.defaults)
+        opts = self.check("classifier", self.name, params)
         num_classes, in_channels, image_size = int(num_classes), int(in_channels), int(image_size)
-        for key in ("hidden", "grid"):
-            value = opts[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ParameterError(f"classifier {self.name!r}: parameter {key!r} must be a "
-                                     f"positive integer, got {value!r}")
         if pretrained:
             raise PluginError(f"classifier {self.name!r} has no pretrained weights; "
                               "set pretrained: false")

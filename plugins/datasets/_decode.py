@@ -1,10 +1,11 @@
-"""Helpers shared by the built-in dataset loaders: option checks, image decoding and
-file hashing. (Decoded sets are cached through ``medbench.cache``.)"""
+"""Helpers shared by the built-in dataset loaders: the checks their declared
+parameters leave to them, image decoding and file hashing. (Decoded sets are cached through ``medbench.cache``.)"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +18,6 @@ RESIZE_METHODS = ("squash", "center-crop")
 
 
 # --------------------------------------------------------------------------- options
-
-
-def check_options(loader: str, options: dict | None, allowed: dict[str, str]) -> dict:
-    """Refuse unknown option names; ``allowed`` maps each name to what it takes."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        known = "; ".join(f"{k} ({v})" for k, v in allowed.items())
-        raise DataError(f"{loader}: unknown option {unknown[0]!r}; allowed options: {known}")
-    return options
-
-
-def opt_bool(loader: str, name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise DataError(f"{loader}: option {name} must be true or false, got {value!r}")
-
-
-def opt_int(loader: str, name: str, value: Any, lo: int | None = None,
-            hi: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
-        return int(value)
-    rng = (f" between {lo} and {hi}" if lo is not None and hi is not None
-           else f" >= {lo}" if lo is not None else "")
-    raise DataError(f"{loader}: option {name} must be an integer{rng}, got {value!r}")
 
 
 def opt_choice(loader: str, name: str, value: Any, choices) -> Any:
@@ -109,8 +84,12 @@ def _to_8bit(img):
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
+class OversizedImage(DataError):
+    """An image above the imaging library's decompression-bomb limit."""
+
+
 def decode_image(data: bytes, channels: int, size: int, resize: str = "squash",
-                 jpeg_draft: bool = False) -> np.ndarray:
+                 jpeg_draft: bool = False, on_large=None) -> np.ndarray:
     """Decode image file bytes to a uint8 C x size x size array.
 
     Colour: greyscale stays grey; palette, CMYK, YCbCr etc. become RGB; an alpha channel
@@ -127,11 +106,26 @@ def decode_image(data: bytes, channels: int, size: int, resize: str = "squash",
     (1/2, 1/4 or 1/8, never below 4x the target size) first: much faster on large
     photos, slightly different pixels.
 
+    Oversized images: PIL warns about images above ``Image.MAX_IMAGE_PIXELS`` (a
+    possible decompression bomb) and refuses those above twice that. medbench says so
+    itself instead: the warning is silenced and ``on_large(width, height)`` is called
+    (the image is decoded), and a refused one raises ``OversizedImage`` in one line.
+
     Raises whatever PIL raises on unreadable data (OSError, ValueError, ...).
     """
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise OversizedImage(f"above {limit:.0f} Mpx, the largest image the imaging library "
+                             "decodes (a decompression-bomb guard); shrink it") from None
+    if on_large is not None and Image.MAX_IMAGE_PIXELS and \
+            im.size[0] * im.size[1] > Image.MAX_IMAGE_PIXELS:
+        on_large(*im.size)
+    with im:
         if jpeg_draft and im.format == "JPEG":
             im.draft(None, (4 * size, 4 * size))
         im.load()

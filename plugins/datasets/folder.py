@@ -18,8 +18,10 @@ luma) or "RGB" for 3; alpha is composited over black, 16-bit images scaled to 8 
 ``resize: squash`` (default) resizes the whole image straight to image_size x
 image_size with PIL's bilinear filter, which is antialiased when shrinking (the aspect
 ratio is not kept); ``resize: center-crop`` scales the shorter side to image_size and
-crops the centre square. An unreadable image is skipped and named in ImageSet.notes;
-a class left with no images is an error.
+crops the centre square. An unreadable image (damaged, empty, or above the imaging
+library's decompression-bomb limit) is left out and listed in ImageSet.unreadable, which
+the engine refuses or warns about (``dataset.unreadable``); a class left with no images
+is an error.
 
 ``sources`` are paths relative to ``dataset.path``; ``hashes`` are SHA-1 sums of the
 original file bytes, so byte-identical copies are found as duplicates. The decoded set
@@ -41,33 +43,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbench.api import DatasetLoader, DatasetSpec
+from medbench.api import DatasetLoader, DatasetSpec, Param
 from medbench.cache import Cache, content_key
 from medbench.data import ImageSet
 from medbench.errors import DataError
 from medbench.hookspecs import hookimpl
 
 from . import _decode
-from ._decode import (IMAGE_EXTENSIONS, RESIZE_METHODS, check_options, check_spec, opt_bool,
-                      opt_choice, opt_int, opt_str_list)
+from ._decode import IMAGE_EXTENSIONS, RESIZE_METHODS, check_spec, opt_str_list
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2                # 2: the unreadable files are kept with the set
 LAYOUTS = ("auto", "splits", "classes", "radiography")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
 SPLIT_RANK = {"train": 0, "val": 1, "test": 2}
 JUNK_DIRS = {"__macosx"}
-MAX_NOTED = 5
 PROGRESS_MIN_FILES = 200
 
-OPTIONS = {
-    "layout": "auto (default), splits, classes or radiography",
-    "classes": "list of class names to keep, in order; default all, sorted",
-    "class_map": "mapping folder name -> class name, to rename or merge folders",
-    "resize": "squash (default) or center-crop",
-    "jpeg_draft": "true or false, default false: decode big JPEGs at reduced scale (faster)",
-    "workers": "integer >= 1, decoding threads, default the number of CPUs (at most 8)",
-}
 
 
 @dataclass
@@ -125,19 +117,30 @@ class Folder(DatasetLoader):
 
     description = "images in one folder per class (optionally train/val/test folders above them)"
 
+    defaults = {"layout": "auto", "classes": None, "class_map": None, "resize": "squash",
+                "jpeg_draft": False, "workers": None}
+    choices = {"layout": LAYOUTS, "resize": RESIZE_METHODS}
+    declared = {
+        "layout": Param(help="auto: detected; splits: train/val/test folders; classes: one "
+                             "folder per class; radiography: <class>/images"),
+        "classes": Param("list", "class names to keep, in order (default: all, sorted)"),
+        "class_map": Param("mapping", "folder name -> class name, to rename or merge folders"),
+        "resize": Param(help="squash: the whole image to a square; center-crop: the central one"),
+        "jpeg_draft": Param(help="decode big JPEGs at a reduced scale first (faster)"),
+        "workers": Param("int", "decoding threads (default: the CPUs, at most 8)", low=1, high=64),
+    }
+
     def load(self, spec: DatasetSpec) -> ImageSet:
-        opts = check_options("folder", spec.options, OPTIONS)
+        opts = self.check("dataset", "folder", spec.options)
         check_spec("folder", spec.image_size, spec.channels)
-        layout = opt_choice("folder", "layout", opts.get("layout", "auto"), LAYOUTS)
-        resize = opt_choice("folder", "resize", opts.get("resize", "squash"), RESIZE_METHODS)
-        jpeg_draft = opt_bool("folder", "jpeg_draft", opts.get("jpeg_draft", False))
-        workers = opt_int("folder", "workers", opts.get("workers", min(8, os.cpu_count() or 1)), 1, 64)
-        want = opts.get("classes")
+        layout, resize, jpeg_draft = opts["layout"], opts["resize"], opts["jpeg_draft"]
+        workers = opts["workers"] or min(8, os.cpu_count() or 1)
+        want = opts["classes"]
         if want is not None:
             want = opt_str_list("folder", "classes", want)
-        cmap = opts.get("class_map")
-        if cmap is not None and (not isinstance(cmap, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in cmap.items())):
+        cmap = opts["class_map"]
+        if cmap is not None and not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in cmap.items()):
             raise DataError("folder: option class_map must map folder names to class names "
                             f"(strings), got {cmap!r}")
         cmap = dict(cmap or {})
@@ -201,14 +204,18 @@ class Folder(DatasetLoader):
             if ds is not None:
                 return ds
 
-        images, keep, hashes, failed = self._decode_all(files, spec, resize, jpeg_draft, workers)
+        images, keep, hashes, failed, large = self._decode_all(files, spec, resize, jpeg_draft,
+                                                               workers)
+        if large:
+            from PIL import Image
+            line = (f"folder: {len(large)} image(s) above {Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx "
+                    f"decoded, slowly and in much memory ({'; '.join(large[:3])}"
+                    f"{'; ...' if len(large) > 3 else ''}); shrink them to speed up loading")
+            notes.append(line)
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         if not keep:
             raise DataError(f"folder: none of the {len(files)} images in {root} could be read "
                             f"(first: {failed[0]})")
-        if failed:
-            shown = "; ".join(failed[:MAX_NOTED])
-            more = f"; and {len(failed) - MAX_NOTED} more" if len(failed) > MAX_NOTED else ""
-            notes.append(f"folder: skipped {len(failed)} unreadable images: {shown}{more}")
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
         counts = np.bincount(labels, minlength=len(classes))
@@ -222,6 +229,7 @@ class Folder(DatasetLoader):
             labels=torch.tensor(labels, dtype=torch.int64), classes=list(classes),
             splits=[f.split for f in files] if has_splits else None,
             sources=[f.rel for f in files], hashes=hashes, name=name, notes=notes,
+            unreadable=failed,
         )
         if cache is not None:
             size = f"{spec.image_size} px, {spec.channels} channel(s)"
@@ -320,14 +328,22 @@ class Folder(DatasetLoader):
     def _decode_all(files, spec, resize, jpeg_draft, workers):
         size, channels = spec.image_size, spec.channels
 
+        large: list[str] = []
+
         def work(f: _File):
             try:
                 data = f.path.read_bytes()
             except OSError as exc:
                 return None, None, f"{f.rel} ({exc.strerror or exc})"
+            if not data:
+                return None, None, f"{f.rel} (empty file)"
             digest = hashlib.sha1(data).hexdigest()
             try:
-                arr = _decode.decode_image(data, channels, size, resize, jpeg_draft)
+                arr = _decode.decode_image(data, channels, size, resize, jpeg_draft,
+                                           on_large=lambda w, h: large.append(
+                                               f"{f.rel}: {w} x {h} px"))
+            except _decode.OversizedImage as exc:
+                return None, None, f"{f.rel} ({exc})"
             except Exception as exc:                  # PIL raises many kinds
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 return None, None, f"{f.rel} ({type(exc).__name__}{': ' + reason if reason else ''})"
@@ -360,7 +376,7 @@ class Folder(DatasetLoader):
             finally:
                 if progress is not None:
                     progress.stop()
-        return images, keep, hashes, failed
+        return images, keep, hashes, failed, sorted(large)
 
     # ------------------------------------------------------------------ cache
 
@@ -386,13 +402,13 @@ class Folder(DatasetLoader):
         return ImageSet(images=blob["images"], labels=blob["labels"],
                         classes=list(blob["classes"]), splits=blob["splits"],
                         sources=blob["sources"], hashes=blob["hashes"], name=name,
-                        notes=list(blob["notes"]))
+                        notes=list(blob["notes"]), unreadable=list(blob["unreadable"]))
 
     @staticmethod
     def _write_cache(path: Path, ds: ImageSet) -> None:
         blob = {"version": CACHE_VERSION, "images": ds.images, "labels": ds.labels,
                 "classes": ds.classes, "splits": ds.splits, "sources": ds.sources,
-                "hashes": ds.hashes, "notes": ds.notes}
+                "hashes": ds.hashes, "notes": ds.notes, "unreadable": ds.unreadable}
         torch.save(blob, path)
 
 

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbench.api import DatasetLoader, DatasetSpec
+from medbench.api import DatasetLoader, DatasetSpec, Param
 from medbench.data import ImageSet, convert_channels, resize_images
 from medbench.errors import DataError
 from medbench.files import atomic_text, fetch
 from medbench.hookspecs import hookimpl
 
-from ._decode import (check_options, check_spec, file_digest, opt_bool,
-                      opt_choice)
+from ._decode import check_spec, file_digest, opt_choice
 
 URL_PATTERN = "https://zenodo.org/records/10519652/files/{filename}?download=1"
 SIZES = (28, 64, 128, 224)
@@ -116,11 +115,6 @@ MD5: dict[str, str] = {
     "organsmnist_224.npz": "b354719e553fbbb2513d5533f52a4cb1",
 }
 
-OPTIONS = {
-    "flag": f"one of {', '.join(sorted(LABELS))}",
-    "size": "28 (default), 64, 128 or 224",
-    "download": "true or false, default false",
-}
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -227,10 +221,18 @@ class MedMNIST(DatasetLoader):
 
     description = "official MedMNIST v2 .npz files (pneumoniamnist, dermamnist, ...) with their splits"
 
+    defaults = {"flag": None, "size": 28, "download": False}
+    choices = {"size": SIZES}
+    declared = {
+        "flag": Param("str", "the MedMNIST set: pneumoniamnist, dermamnist, breastmnist, ..."),
+        "size": Param(help="side of the published files, px"),
+        "download": Param(help="download a missing file (its MD5 checked)"),
+    }
+
     def load(self, spec: DatasetSpec) -> ImageSet:
-        opts = check_options("medmnist", spec.options, OPTIONS)
+        opts = self.check("dataset", "medmnist", spec.options)
         check_spec("medmnist", spec.image_size, spec.channels)
-        flag = opts.get("flag")
+        flag = opts["flag"]
         if flag is None:
             raise DataError(f"medmnist: option flag is required; use one of {', '.join(sorted(LABELS))}")
         if isinstance(flag, str):
@@ -243,8 +245,7 @@ class MedMNIST(DatasetLoader):
             raise DataError(f"medmnist: {flag} holds 3D volumes, which medbench does not "
                             "support; choose a 2D flag such as pneumoniamnist")
         opt_choice("medmnist", "flag", flag, sorted(LABELS))
-        size = opt_choice("medmnist", "size", opts.get("size", 28), SIZES)
-        want_download = opt_bool("medmnist", "download", opts.get("download", False))
+        size, want_download = opts["size"], opts["download"]
 
         filename = filename_for(flag, size)
         url, md5 = url_for(filename), MD5.get(filename)

@@ -28,25 +28,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from medbench.api import DatasetLoader, DatasetSpec
+from medbench.api import DatasetLoader, DatasetSpec, Param
 from medbench.data import ImageSet, convert_channels, resize_images
 from medbench.errors import DataError
 from medbench.hookspecs import hookimpl
 
-from ._decode import check_options, check_spec, opt_bool, opt_int, opt_str_list
+from ._decode import check_spec, opt_str_list
 
 DEFAULT_CLASSES = ["normal", "pneumonia", "covid", "nodule", "effusion"]
 DEFAULT_COUNTS = [240, 80, 40, 30, 20]
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 MAX_IMAGES = 2_000_000
 
-OPTIONS = {
-    "counts": "list of images per class, default [240, 80, 40]",
-    "classes": "list of class names, default [normal, pneumonia, covid]",
-    "seed": "integer, default 0",
-    "splits": "true or false, default false (true: stratified 0.7/0.1/0.2 train/val/test)",
-    "native_size": "integer 16..512, default 64 (rendered at this size, then resized)",
-}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -274,14 +267,20 @@ class Phantom(DatasetLoader):
     """
 
     description = "procedural imbalanced chest-X-ray-like images (offline, deterministic)"
+    defaults = {"counts": None, "classes": None, "seed": 0, "splits": False, "native_size": 64}
+    declared = {
+        "counts": Param("list", "images per class (default [240, 80, 40])"),
+        "classes": Param("list", "class names (default normal, pneumonia, covid)"),
+        "seed": Param("int", "seed of the rendering", low=0, high=2**31 - 1),
+        "splits": Param(help="true: stratified 0.7/0.1/0.2 train/val/test splits"),
+        "native_size": Param("int", "rendered at this size, px, then resized", low=16, high=512),
+    }
 
     def load(self, spec: DatasetSpec) -> ImageSet:
-        opts = check_options("phantom", spec.options, OPTIONS)
+        opts = self.check("dataset", "phantom", spec.options)
         check_spec("phantom", spec.image_size, spec.channels)
         counts, classes = self._classes(opts)
-        seed = opt_int("phantom", "seed", opts.get("seed", 0), 0, 2**31 - 1)
-        want_splits = opt_bool("phantom", "splits", opts.get("splits", False))
-        native = opt_int("phantom", "native_size", opts.get("native_size", 64), 16, 512)
+        seed, want_splits, native = opts["seed"], opts["splits"], opts["native_size"]
 
         gen = torch.Generator().manual_seed(seed)
         labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))

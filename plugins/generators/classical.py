@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from medbench.api import Generator
+from medbench.api import Generator, Param
 from medbench.errors import DataError, ParameterError
 from medbench.hookspecs import hookimpl
 from medbench.suite import AugmentConfig
@@ -61,8 +61,13 @@ class Smote(RealPool):
     name = "smote"
     description = "SMOTE (imbalanced-learn) on pixels, or in a PCA embedding decoded back"
     conditional = True
+    min_class_images = 2          # one neighbour to interpolate with
     defaults = {"k_neighbors": 5, "space": "pixels", "components": 64}
     choices = {"space": ("pixels", "pca")}
+    declared = {"k_neighbors": Param("int", "neighbours to interpolate towards (fewer for a "
+                                            "tiny class)", low=1),
+                "space": Param(help="interpolate pixels, or in a PCA embedding decoded back"),
+                "components": Param("int", "PCA components (space: pca)", low=1)}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -73,7 +78,7 @@ class Smote(RealPool):
     def sample(self, class_index: int, n: int) -> torch.Tensor:
         from imblearn.over_sampling import SMOTE
 
-        pool = self.pool(class_index, at_least=2)
+        pool = self.pool(class_index, at_least=self.min_class_images)
         name = self.classes[class_index]
         shape = pool.shape[1:]
         x = pool.reshape(len(pool), -1).numpy().astype(np.float32)
@@ -115,6 +120,14 @@ class Augment(RealPool):
     conditional = True
     defaults = {"hflip": True, "vflip": False, "rotate": 15.0, "translate": 0.05,
                 "scale": 0.1, "brightness": 0.05, "contrast": 0.1}
+    declared = {"hflip": Param(help="random horizontal flips"),
+                "vflip": Param(help="random vertical flips"),
+                # the ranges are the training block's (AugmentConfig checks them)
+                "rotate": Param("number", "most degrees of rotation"),
+                "translate": Param("number", "largest shift, a fraction of the size"),
+                "scale": Param("number", "largest zoom, a fraction"),
+                "brightness": Param("number", "brightness jitter"),
+                "contrast": Param("number", "contrast jitter")}
 
     def __init__(self, **params):
         super().__init__(**params)

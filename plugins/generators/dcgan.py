@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from medbench.api import Param
 from medbench.errors import ParameterError, SuiteError
 from medbench.generative import ImagesShown, WeightAverage, kimg_target
 from medbench.hookspecs import hookimpl
@@ -206,6 +207,34 @@ class DCGANFamily(AdversarialGenerator):
     }
     choices = {"arch": ("conv", "fc"), "loss": LOSSES, "spectral_norm": (True, False),
                "patch": (True, False), "balanced": (True, False)}
+    declared = {
+        "arch": Param(help="conv: transposed-conv generator; fc: dense layers"),
+        "loss": Param(help="adversarial loss"),
+        "spectral_norm": Param(help="spectral norm in the discriminator (else batch norm)"),
+        "patch": Param(help="PatchGAN discriminator: one score per patch"),
+        "latent": Param("int", "noise dimensions", low=1),
+        "n_layers": Param("int", "2x up-sampling blocks (auto: from the image size)", low=1,
+                          also=("auto",)),
+        "width": Param("int", "channel width of the nets (doubled per block, at most 512)",
+                       low=1),
+        "embed_dim": Param("int", "class embedding size (conditional members)", low=1),
+        "dropout": Param("number", "dropout in the discriminator", low=0, high=1, high_open=True),
+        "batch_size": Param("int", "real images per step", low=1),
+        "epochs": Param("int", "passes over the real images (the budget unless kimg is given)",
+                        low=1),
+        "g_lr": Param("number", "generator learning rate (Adam)", low=0, low_open=True),
+        "d_lr": Param("number", "discriminator learning rate (Adam)", low=0, low_open=True),
+        "betas": Param("list", "Adam betas of both nets, e.g. [0.5, 0.999]"),
+        "n_critic": Param("int", "discriminator steps per generator step", low=1),
+        "gp_lambda": Param("number", "gradient penalty weight (loss wgan-gp)", low=0),
+        "snapshots": Param("int", "sample grids kept along the fit", low=1),
+        "ema": Param("number", "decay of the generator's weight average (0: none)", low=0,
+                     high=1, high_open=True),
+        "kimg": Param("number", "budget in thousands of real images shown (replaces epochs)",
+                      low=0, low_open=True),
+        "diffaug": Param("any", "DiffAugment for the discriminator: auto, true, false or a "
+                                "mapping (policy, p, adaptive, target)"),
+    }
 
     def __init__(self, **params):
         super().__init__(**params)

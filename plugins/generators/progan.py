@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medbench.api import Param
 from medbench.errors import ParameterError, SuiteError
 from medbench.hookspecs import hookimpl
 
@@ -220,6 +221,28 @@ class ProGAN(AdversarialGenerator):
         "kimg": None,
         "ema": 0.999,
         "diffaug": "auto",
+    }
+    declared = {
+        "latent": Param("int", "noise dimensions", low=1),
+        "base": Param("int", "side of the first stage, px (7: 7 -> 14 -> 28 ...)", low=2),
+        "epochs": Param("int", "passes over the real images per stage (unless kimg is given)",
+                        low=0, per_stage=True),
+        "batch_size": Param("int", "real images per step", low=2, per_stage=True),
+        "fade": Param("number", "share of a stage's images spent fading it in", low=0,
+                      high=1, low_open=True),
+        "lr": Param("number", "Adam learning rate of both nets", low=0, low_open=True),
+        "betas": Param("list", "Adam betas, e.g. [0.0, 0.99]"),
+        "n_critic": Param("int", "critic steps per generator step", low=1),
+        "gp_lambda": Param("number", "WGAN-GP gradient penalty weight", low=0),
+        "drift": Param("number", "drift penalty on the critic's real scores", low=0),
+        "fmaps_base": Param("int", "channel schedule: min(fmaps_max, fmaps_base / 2^stage)", low=1),
+        "fmaps_max": Param("int", "most channels of a stage", low=1),
+        "fmaps_min": Param("int", "fewest channels of a stage", low=1),
+        "kimg": Param("number", "budget in thousands of real images shown", low=0,
+                      low_open=True, per_stage=True),
+        "ema": Param("number", "decay of the generator's weight average (0: none)", low=0,
+                     high=1, high_open=True),
+        "diffaug": Param("any", "DiffAugment for the critic: auto, true, false or a mapping"),
     }
 
     def __init__(self, **params):

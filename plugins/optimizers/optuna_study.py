@@ -39,7 +39,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from medbench.api import Optimizer, check_params
+from medbench.api import Optimizer, Param
 from medbench.errors import ParameterError, PluginError
 from medbench.hookspecs import hookimpl
 from medbench.space import BudgetedObjective, BudgetExhausted
@@ -85,13 +85,19 @@ def _suggest(trial, dim):
 
 class OptunaStudy(Optimizer):
     description = "Optuna study (TPE default); shared across processes with an RDB storage URL"
+    defaults = DEFAULTS
+    choices = {"sampler": tuple(SAMPLERS)}
+    declared = {
+        "sampler": Param(help="Optuna's sampler"),
+        "storage": Param("str", "database URL several processes share, e.g. sqlite:///study.db"),
+        "study_name": Param("str", "the study's name in the storage"),
+        "n_startup_trials": Param("int", "random trials before the sampler's model (tpe, gp, "
+                                         "cmaes)", low=0),
+    }
 
     def __init__(self, **params):
-        cfg = check_params("optimizer", "optuna", params, DEFAULTS)
+        cfg = self.check("optimizer", "optuna", params)
         sampler = cfg["sampler"]
-        if sampler not in SAMPLERS:
-            raise ParameterError(f"optimizer 'optuna': unknown sampler {sampler!r}; use one of "
-                                 f"{', '.join(SAMPLERS)}")
         missing = _missing(sampler)
         if missing:
             raise ParameterError(f"optimizer 'optuna': sampler {sampler!r} needs the "
@@ -102,9 +108,6 @@ class OptunaStudy(Optimizer):
             if sampler not in WITH_STARTUP:
                 raise ParameterError(f"optimizer 'optuna': n_startup_trials applies to the "
                                      f"{', '.join(WITH_STARTUP)} samplers, not {sampler!r}")
-            if isinstance(startup, bool) or not isinstance(startup, int) or startup < 0:
-                raise ParameterError("optimizer 'optuna': n_startup_trials must be an integer "
-                                     f">= 0, got {startup!r}")
         storage = cfg["storage"]
         if storage is not None:
             if not isinstance(storage, str) or "://" not in storage:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medbench.api import Optimizer, check_params
+from medbench.api import Optimizer
 from medbench.hookspecs import hookimpl
 from medbench.space import BudgetedObjective, BudgetExhausted
 
@@ -15,7 +15,7 @@ class RandomSearch(Optimizer):
     description = "uniform random search over the space (numpy, seeded)"
 
     def __init__(self, **params):
-        check_params("optimizer", "random", params, {})
+        self.check("optimizer", "random", params)
         self.notes: list[str] = []
         self.plan: dict | None = None
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 
-from medbench.api import Optimizer, check_params
-from medbench.errors import ParameterError
+from medbench.api import Optimizer, Param
 from medbench.hookspecs import hookimpl
 from medbench.space import BudgetedObjective, BudgetExhausted
 
@@ -36,29 +35,24 @@ VARIANTS = {"original": "OriginalSMA", "dev": "DevSMA"}
 DEFAULTS = {"variant": "original", "pop_size": 15, "epochs": None, "p_t": 0.03}
 
 
-def _int_param(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ParameterError(f"optimizer 'sma': {name} must be an integer in [{low}, {high}], "
-                             f"got {value!r}")
-    return value
-
-
 class SMAOptimizer(Optimizer):
     description = "Slime Mould Algorithm (mealpy) over the unit cube; epochs derived from the budget"
+    defaults = DEFAULTS
+    choices = {"variant": tuple(VARIANTS)}
+    declared = {
+        "variant": Param(help="original: mealpy's OriginalSMA; dev: its DevSMA"),
+        "pop_size": Param("int", "agents per epoch", low=MIN_POP, high=MAX_POP),
+        "epochs": Param("int", "epochs (default: derived from the budget)", low=1, high=MAX_EPOCHS),
+        "p_t": Param("number", "probability of a random agent", low=0, high=1, low_open=True,
+                     high_open=True),
+    }
 
     def __init__(self, **params):
-        cfg = check_params("optimizer", "sma", params, DEFAULTS)
-        if cfg["variant"] not in VARIANTS:
-            raise ParameterError(f"optimizer 'sma': variant {cfg['variant']!r}; use "
-                                 f"{' or '.join(VARIANTS)}")
+        cfg = self.check("optimizer", "sma", params)
         self.variant = cfg["variant"]
-        self.pop_size = _int_param("pop_size", cfg["pop_size"], MIN_POP, MAX_POP)
-        self.epochs = (None if cfg["epochs"] is None
-                       else _int_param("epochs", cfg["epochs"], 1, MAX_EPOCHS))
-        p_t = cfg["p_t"]
-        if isinstance(p_t, bool) or not isinstance(p_t, (int, float)) or not 0 < p_t < 1:
-            raise ParameterError(f"optimizer 'sma': p_t must be a number in (0, 1), got {p_t!r}")
-        self.p_t = float(p_t)
+        self.pop_size = cfg["pop_size"]
+        self.epochs = cfg["epochs"]
+        self.p_t = float(cfg["p_t"])
         self.notes: list[str] = []
         self.plan: dict | None = None
 
