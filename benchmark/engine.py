@@ -447,8 +447,9 @@ class Engine:
                     what += f", continuing the fit of {earlier['cfg']['kimg']:g} kimg"
                 self.progress.fitting(what, len(ys), stored)
                 with fixed_rng(key, self.device):   # nothing depends on what ran before
+                    more = {} if earlier is None else {"resume": earlier}
                     g = fresh.fit(xs, ys, classes=self.ds.classes, device=str(self.device),
-                                  seed=seed, progress=self.progress.advance, resume=earlier)
+                                  seed=seed, progress=self.progress.advance, **more)
                 self.gen_cache.save(key, g)
                 if line is not None and g.resume is not None:
                     self.gen_cache.add_to_line(line, float(params["kimg"]), key)

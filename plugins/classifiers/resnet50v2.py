@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medbench.api import Classifier
+from medbench.api import Classifier, Param
 from medbench.errors import ParameterError, PluginError
 from medbench.files import fetch
 from medbench.hookspecs import hookimpl
@@ -338,6 +338,9 @@ class ResNet50V2(Classifier):
     default_training = {"optimizer": "adam", "lr": 1e-3}
     supports_pretrained = True
     accepted = {"weights": None}
+    defaults = accepted
+    declared = {"weights": Param("str", "a Keras ResNet50V2 h5 file to load (pretrained: true) "
+                                        "instead of the Keras cache's")}
 
     def _params(self, pretrained, params):
         cfg = check_build_args(self.name, 1, 1, 1, 0.0, params, self.accepted)

@@ -45,7 +45,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from medbench.api import Classifier
+from medbench.api import Classifier, Param
 from medbench.errors import ParameterError, PluginError
 from medbench.hookspecs import hookimpl
 
@@ -174,6 +174,14 @@ class Timm(Classifier):
                    "input size; weights from the Hugging Face cache")
     default_training = {"optimizer": "adam", "lr": 1e-3}
     supports_pretrained = True
+    defaults = ACCEPTED
+    declared = {
+        "model": Param("str", "a timm model name (timm.list_models()), with or without its "
+                              "pretrained tag; required"),
+        "weights": Param("str", "a state dict file (.pth, .bin, .safetensors) to load instead "
+                                "of the hub's (pretrained: true)"),
+        "resize": Param("bool", "resize each batch on the device to the model's own input size"),
+    }
 
     @staticmethod
     def _checked(pretrained, params) -> dict[str, Any]:
