@@ -45,6 +45,8 @@ SETTINGS = {
     "progan-ema99": (progan.ProGAN, {**PROGAN, "ema": 0.99}),
     "progan-ema99-wide": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
                                           "fmaps_max": 64}),
+    "progan-ema99-wide-long": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
+                                               "fmaps_max": 64, "kimg": [10, 20, 60]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 
