@@ -165,8 +165,10 @@ def test_a_signal_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jo
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDBENCH_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "medbench", "run", str(path), "--out", str(out),
            "--threads", "1", *(("--jobs", str(jobs)) if jobs > 1 else ())]
+    # the driver starts with SIGINT at its default, as from a terminal, even when these
+    # tests run in the background of a non-interactive shell (which ignores it for them)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stderr:
         lines.append(line)
