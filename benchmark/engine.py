@@ -29,6 +29,7 @@ from .api import DatasetSpec, Generator
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
 from .data import ImageSet, conform, handle_duplicates, handle_unreadable
 from .errors import DataError, MedbenchError, PluginError
+from .generative import kimg_images
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .progress import Progress
 from .registry import registry
@@ -413,9 +414,12 @@ class Engine:
         """The state of the cached fit of the largest budget below ``fresh``'s on the
         same line (same generator, data, seed and parameters but the budget) that
         ``fresh`` can continue, or None."""
-        if line is None:
+        if line is None or fresh.cfg["kimg"] is None:
             return None
-        for kimg, key in sorted(self.gen_cache.line(line).items(), reverse=True):
+        # only a shorter fit can be continued: the others' states are not read
+        below = [(k, key) for k, key in self.gen_cache.line(line).items()
+                 if kimg_images(k) < kimg_images(fresh.cfg["kimg"])]
+        for _, key in sorted(below, reverse=True):
             state = self.gen_cache.state(key)
             if state is not None and fresh.continues(state) is None:
                 return state

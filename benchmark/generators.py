@@ -94,13 +94,20 @@ class GeneratorCache:
         self.cache.store(self.kind, line_key, lambda t: torch.save(entry, t), ".pt",
                          f"index of {len(fits)} fit(s) differing only in budget", {})
 
-    def state(self, key: str) -> dict | None:
-        """The saved state of a fitted (not failed) entry, or None."""
+    def _entry(self, key: str) -> dict | None:
+        """The entry stored under ``key`` (a fitted state or a failure), or None; an
+        entry that is not one of ours is removed, to be refitted and overwritten."""
         entry = self.cache.load(self.kind, key, lambda p: torch.load(p, map_location="cpu",
                                                                     weights_only=False))
-        if isinstance(entry, dict) and entry.get("key") == key and "state" in entry:
-            return entry["state"]
-        return None
+        if entry is not None and (not isinstance(entry, dict) or entry.get("key") != key):
+            self.cache.remove(self.kind, key)
+            return None
+        return entry
+
+    def state(self, key: str) -> dict | None:
+        """The saved state of a fitted (not failed) entry, or None."""
+        entry = self._entry(key)
+        return None if entry is None else entry.get("state")
 
     @staticmethod
     def cacheable(obj: Any) -> bool:
@@ -111,12 +118,8 @@ class GeneratorCache:
         """The cached generator, or None. A cached divergence is raised again."""
         if not self.cacheable(info.obj):
             return None
-        entry = self.cache.load(self.kind, key, lambda p: torch.load(p, map_location="cpu",
-                                                                    weights_only=False))
+        entry = self._entry(key)
         if entry is None:
-            return None
-        if not isinstance(entry, dict) or entry.get("key") != key:
-            self.cache.remove(self.kind, key)     # not one of ours: refit and overwrite
             return None
         if "failed" in entry:
             raise GeneratorDiverged(entry["failed"] + " (cached; delete "

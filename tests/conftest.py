@@ -1,4 +1,6 @@
 import os
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,24 @@ def quick_runs(tmp_path_factory):
         return done[way]
 
     return get
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny batches: on a busy 2-core machine OpenMP
+    threads spinning against other processes made them several times slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        pytest.fail("a test tried to reach the network")
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

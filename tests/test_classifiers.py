@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,24 +43,7 @@ CASES = [(n, c, s) for n in NAMES for c in (1, 3) for s in (28, 64)]
 CASES += [(n, c, 224) for n in ("smallcnn", "resnet18") for c in (1, 3)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One intra-op thread: these are tiny batches, and on a busy 2-core machine OpenMP
-    # threads spinning against other processes made the suite several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-    def refuse(*args, **kwargs):
-        pytest.fail("a classifier tried to reach the network")
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -337,13 +337,12 @@ class ResNet50V2(Classifier):
                    "GAP-Dropout-Dense; 3x3 stride-1 stem below 64 px)")
     default_training = {"optimizer": "adam", "lr": 1e-3}
     supports_pretrained = True
-    accepted = {"weights": None}
-    defaults = accepted
+    defaults = {"weights": None}
     declared = {"weights": Param("str", "a Keras ResNet50V2 h5 file to load (pretrained: true) "
                                         "instead of the Keras cache's")}
 
     def _params(self, pretrained, params):
-        cfg = check_build_args(self.name, 1, 1, 1, 0.0, params, self.accepted)
+        cfg = check_build_args(self.name, 1, 1, 1, 0.0, params, self.defaults)
         if cfg["weights"] is not None and not pretrained:
             raise ParameterError(f"classifier {self.name!r}: weights is given but pretrained is "
                                  "false; set pretrained: true to load them")
@@ -361,7 +360,7 @@ class ResNet50V2(Classifier):
     def build(self, num_classes, in_channels, image_size, *, pretrained=False, dropout=0.0,
               **params):
         check_build_args(self.name, num_classes, in_channels, image_size, dropout, params,
-                         self.accepted)
+                         self.defaults)
         cfg = self._params(pretrained, params)
         num_classes, in_channels, image_size = int(num_classes), int(in_channels), int(image_size)
         small = image_size < SMALL_INPUT
