@@ -22,6 +22,7 @@ adversarial losses, optimisers, batching) live with the GAN plugins.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -318,15 +319,79 @@ class NeuralGenerator(Generator):
             raise ParameterError(f"generator {self.name!r}: snapshots_kimg {late} beyond the "
                                  f"budget of {total_kimg:g} kimg; keep milestones within it")
 
-    def _keep(self, kimg: float, budget: "ImagesShown", ema: "WeightAverage | None") -> None:
+    def _keep(self, kimg: float, budget: "ImagesShown", ema: "WeightAverage | None",
+              y: torch.Tensor | None = None) -> None:
         """Keep the generator as a fit that stopped here would leave it: G's weights with
         the averaged parameters in place of the live ones (as ``copy_to`` leaves a
-        finished fit), and the state sampling needs."""
-        weights = {k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()}
-        if ema is not None and ema.t:
-            weights.update({k: v.detach().cpu().clone() for k, v in ema.params.items()})
+        finished fit), its batch-norm statistics those of these weights
+        (``_standing_stats``, when ``y``, the training labels, is given), and the state
+        sampling needs."""
+        net = self.G
+        if (ema is not None and ema.t) or y is not None:
+            net = copy.deepcopy(self.G)
+            if ema is not None and ema.t:
+                ema.copy_to(net)
+            if y is not None:
+                self._standing_stats(y, net)
+        weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         self.snapshots[float(kimg)] = {"G": weights, "extra": self._extra_state(),
                                        "record": budget.record()}
+
+    STANDING_BATCHES = 64           # batches of noise that re-estimate batch-norm statistics
+
+    @torch.no_grad()
+    def _standing_stats(self, y: torch.Tensor, net: nn.Module | None = None) -> None:
+        """Give G's batch norms the statistics of the weights it samples with.
+
+        Sampling runs G in eval mode, on the running means and variances its batch norms
+        gathered in training. Those were measured on the live weights of the last steps;
+        a fit that samples from a weight average (``ema``) then normalises the averaged
+        net's activations by another net's statistics, which shifts and scales every
+        feature map (for a fast-moving G with ema 0.999 the two are hundreds of steps
+        apart). Here the averaged net runs in training mode on fresh noise, batches of the
+        fit's size and class mix (class-balanced for a ``balanced`` conditional GAN, the
+        training labels' mix otherwise), and its batch norms keep the cumulative average
+        of what they see. Its own random generator leaves the global one, which a
+        continued fit restores, untouched. Nets without batch norm are left as they are."""
+        net = self.G if net is None else net
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.track_running_stats]
+        if not norms:
+            return
+        gen = torch.Generator().manual_seed(seed_for("standing", self.name, self.seed))
+        labels = y.detach().cpu().to(torch.int64)
+        if self.conditional and self.cfg.get("balanced"):
+            counts = torch.bincount(labels)
+            weights = (1.0 / counts.clamp(min=1).double())[labels]
+        else:
+            weights = torch.ones(len(labels), dtype=torch.float64)
+        bs = max(2, min(int(self.cfg.get("batch_size", 32)), len(labels)))
+        momenta = [m.momentum for m in norms]
+        was_training = net.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None              # a cumulative average over the batches below
+        net.train()
+        try:
+            for _ in range(self.STANDING_BATCHES):
+                idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
+                z = torch.randn(bs, self.latent_size(), generator=gen)
+                net_y = labels[idx].to(self.device)
+                self._generate_with(net, z.to(self.device), net_y)
+        finally:
+            for m, mom in zip(norms, momenta):
+                m.momentum = mom
+            net.train(was_training)
+
+    def _generate_with(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``_generate`` through ``net`` in place of ``self.G`` (a copy of G's kind)."""
+        if net is self.G:
+            return self._generate(z, y)
+        live, self.G = self.G, net
+        try:
+            return self._generate(z, y)
+        finally:
+            self.G = live
 
     def at(self, kimg: float) -> "NeuralGenerator":
         """The generator as it was at the ``kimg`` milestone of this fit: a new instance

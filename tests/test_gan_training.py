@@ -307,3 +307,36 @@ def test_a_longer_budget_continues_a_shorter_fit_and_ends_where_a_separate_fit_e
     with pytest.raises(Exception, match="cannot continue"):
         family(**small, kimg=0.2).fit(x, y, classes=gan_check.CLASSES, seed=5, resume=state)
     assert "cannot be continued" in ProGAN(kimg=[1, 1, 1]).continues(state)
+
+
+@pytest.mark.parametrize("family,extra", [(dcgan.DCGAN, {}), (dcgan.CGAN, {"balanced": True})])
+def test_batch_norm_statistics_are_those_of_the_weights_sampled_from(family, extra):
+    """A fit that samples from its weight average gives G's batch norms the statistics
+    of the averaged weights: each running mean and variance matches what those weights
+    produce on a large batch of fresh noise (of the training class mix), not what the
+    live weights of the last steps produced. A fast learning rate and a slow average
+    keep the two nets apart, so the statistics of the live weights would fail this."""
+    x, y = gan_check.training_set(per_class=12)
+    g = family(width=8, latent=16, batch_size=8, kimg=1, g_lr=1e-2, ema=0.99,
+               collapse_check=False, diffaug=False, **extra)
+    g.fit(x, y, classes=gan_check.CLASSES, seed=2)
+    norms = [m for m in g.G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, inp, out: seen.__setitem__(m, inp[0].detach()))
+             for m in norms]
+    big = 4096
+    labels = (torch.randint(len(g.class_ids), (big,)) if family.conditional
+              else torch.zeros(big, dtype=torch.long))
+    g.G.train()
+    with torch.no_grad():
+        g._generate(torch.randn(big, 16), labels)
+    g.G.eval()
+    for h in hooks:
+        h.remove()
+    for m in norms:
+        act = seen[m].transpose(0, 1).flatten(1)
+        mean, var = act.mean(1), act.var(1)
+        scale = var.sqrt().clamp(min=1e-3)
+        assert float(((m.running_mean - mean).abs() / scale).max()) < 0.1
+        assert float((m.running_var / var).log().abs().max()) < 0.15

@@ -376,7 +376,7 @@ class DCGANFamily(AdversarialGenerator):
                     row["augment_p"] = aug.p
                 self._log(**row)
                 for k in budget.crossed():      # the generator a fit of k kimg would end with
-                    self._keep(k, budget, ema)
+                    self._keep(k, budget, ema, y)
                 if budget.shown >= next_snap * planned / n_snaps and next_snap < n_snaps:
                     self._snapshot(f"{budget.shown / 1000:.1f} kimg")
                     next_snap += 1
@@ -401,7 +401,9 @@ class DCGANFamily(AdversarialGenerator):
                 "rng_cuda": (torch.cuda.get_rng_state(self.device)
                              if self.device.type == "cuda" else None)}
         if ema is not None and budget.steps:
-            ema.copy_to(self.G)          # samples come from the averaged weights
+            ema.copy_to(self.G)          # samples come from the averaged weights ...
+        if budget.steps:
+            self._standing_stats(y)      # ... normalised by their own statistics
         self.record = budget.record()
         self._snapshot(f"{budget.shown / 1000:.1f} kimg" + (" (EMA)" if ema is not None else "")
                        if budget.steps else "untrained")
