@@ -102,7 +102,7 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     assert r.exit_code == 0, r.output
     md = (rep / "summary.md").read_text()
     # the command that made it, with the data root when MEDBENCH_DATA is set (as in CI)
-    assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S+suite\.yaml` then "
+    assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S*suite\.yaml` then "
                     r"`medbench report \S+`", md.splitlines()[2]), md.splitlines()[2]
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
     assert re.search(r"device cpu, \d+ torch thread\(s\) per cell\.$", md.splitlines()[3])
