@@ -114,7 +114,8 @@ def code_fingerprint(cls: type) -> str:
 # keeps the cache: a change to a report or to an option does not refit every GAN.
 READ_ONLY_MODULES = frozenset({"report.py", "tables.py", "figures.py", "html.py",
                                "ablation_report.py", "stats.py", "fidelity.py", "quality.py",
-                               "extractors.py", "cache_cli.py", "cli.py", "__main__.py"})
+                               "extractors.py", "cache_cli.py", "cli.py", "__main__.py",
+                               "compare.py"})
 
 
 def code_version(*objs: Any) -> str:

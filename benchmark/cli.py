@@ -69,24 +69,18 @@ def _how_args(executor: str = "local", jobs: int = 1, threads: int | None = None
             *(("--device", device) if device else ())]
 
 
-def _command_line(*args) -> str:
-    """The command that reproduces this run, as a user would type it. MEDBENCH_DATA is
-    written relative to the working folder (``../shared/data``), never as an absolute
-    path of this machine: tables under reports/ carry this line in their headers."""
-    args = " ".join(shlex.quote(str(a)) for a in args if a is not None)
+def _command_line(*args, data: bool = True) -> str:
+    """The command that reproduces this run, as a user would type it. MEDBENCH_DATA and
+    any path argument are written relative to the working folder (``../shared/data``),
+    never as an absolute path of this machine (``files.portable_path``): tables under
+    reports/ carry this line in their headers. ``data``: False for a command that reads
+    no images (compare)."""
+    from .files import portable_path
+    args = " ".join(shlex.quote(portable_path(a) if isinstance(a, (str, Path)) else str(a))
+                    for a in args if a is not None)
     env = os.environ.get("MEDBENCH_DATA")
-    prefix = f"MEDBENCH_DATA={shlex.quote(_portable(env))} " if env else ""
+    prefix = f"MEDBENCH_DATA={shlex.quote(portable_path(env))} " if env and data else ""
     return f"{prefix}medbench {args}".strip()
-
-
-def _portable(path: str) -> str:
-    """A data path as another machine can use it: relative to the working folder."""
-    if not os.path.isabs(path):
-        return path
-    try:
-        return os.path.relpath(path)
-    except ValueError:                 # another drive (Windows): no relative form
-        return Path(path).name
 
 
 @cli.command()
@@ -347,6 +341,52 @@ def report(results, out, formats):
     out = out or Path("reports") / results.name
     for p in write_report(results, out, fmts):
         click.echo(f"wrote {p}")
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True,
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("--metric", "-m", default="balanced_accuracy", show_default=True,
+              help="The metric the arms are ranked by (any metric of the folders, or "
+                   "minority_recall).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports") / "compare", show_default=True,
+              help="Folder for compare.md, .tex, .html, .csv and cd_diagram.png/.pdf.")
+@click.option("--format", "formats", default="md,latex,html", show_default=True,
+              help="Comma-separated: md, latex, html (compare.csv and the diagram always).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True, help="Significance level of the tests.")
+@click.option("--classifier", default=None,
+              help="Rank one classifier's results (default: each arm's mean over the "
+                   "classifiers of its folder).")
+@click.option("--lower-is-better/--higher-is-better", "lower", default=None,
+              help="Which way the metric points (default: lower for losses and calibration "
+                   "errors, higher for the rest).")
+def compare(folders, metric, out, formats, alpha, classifier, lower):
+    """Rank the arms across datasets: one results folder (results/<suite>) or report
+    folder (reports/<suite>) per dataset; Friedman test, Nemenyi post-hoc test and a
+    critical-difference diagram, as Markdown, LaTeX and HTML."""
+    from .compare import FORMATS, compare as run_compare, write_compare
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad:
+        raise MedbenchError(f"unknown compare format {bad[0]!r}; use {', '.join(FORMATS)}")
+    result = run_compare(list(folders), metric, alpha=alpha, classifier=classifier,
+                         higher_is_better=None if lower is None else not lower)
+    args = ["compare", *folders, *(("--metric", metric) if metric != "balanced_accuracy" else ()),
+            "--out", out, *(("--format", ",".join(fmts)) if fmts != list(FORMATS) else ()),
+            *(("--alpha", alpha) if alpha != 0.05 else ()),
+            *(("--classifier", classifier) if classifier else ()),
+            *((("--lower-is-better" if lower else "--higher-is-better"),) if lower is not None
+              else ())]
+    # compare reads tables alone: no data folder in its command
+    for p in write_compare(result, out, _command_line(*args, data=False), fmts):
+        click.echo(f"wrote {p}")
+    click.echo(f"{result.k} arms over {result.n} datasets by {metric}: Friedman p = "
+               f"{result.p_friedman:.4g}; mean ranks " + ", ".join(
+                   f"{a} {result.mean_ranks[a]:.2f}" for a in result.arms))
+    if result.dropped:
+        click.echo("left out (not in every folder): " + ", ".join(result.dropped), err=True)
 
 
 @cli.command()

@@ -27,7 +27,8 @@ import torch
 from . import injection, metrics
 from .api import DatasetSpec, Generator
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
-from .data import ImageSet, conform, handle_duplicates, handle_unreadable
+from .data import (ImageSet, attach_groups, conform, group_report, group_summary,
+                   handle_duplicates, handle_near_duplicates, handle_unreadable, read_metadata)
 from .errors import DataError, MedbenchError, PluginError
 from .generative import kimg_images
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
@@ -35,7 +36,8 @@ from .progress import Progress
 from .registry import registry
 from .splits import Fold, make_folds
 from .store import safe_name
-from .suite import ArmConfig, ClassifierConfig, LoadedSuite, TrainingConfig, resolve_data_path
+from .suite import (ArmConfig, ClassifierConfig, LoadedSuite, TrainingConfig, resolve_data_path,
+                    resolve_metadata_path)
 from .trainer import Settings, Trainer, class_weight_vector
 
 __all__ = ["Cell", "Engine", "Prefit", "Trained", "check_feasible", "check_plugins",
@@ -185,8 +187,9 @@ def check_feasible(loaded: LoadedSuite, ds: ImageSet) -> None:
 
 
 def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
-    """The suite's dataset, conformed to its size and channels, with duplicates handled
-    and classes dropped as it says, and the data report that describes it."""
+    """The suite's dataset, conformed to its size and channels, with its groups read
+    from the metadata, duplicates (exact, then near ones when asked for) handled and
+    classes dropped as it says, and the data report that describes it."""
     s = loaded.suite
     d = s.dataset
     loader = registry().get("datasets", d.loader).obj()
@@ -197,7 +200,15 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     if len(ds) == 0:
         raise DataError(f"dataset {d.loader!r} at {spec.path} has no images")
     warnings = handle_unreadable(ds, d.unreadable)
+    if d.groups:
+        table = read_metadata(resolve_metadata_path(loaded, spec.path), d.metadata_key, d.groups)
+        ds = attach_groups(ds, table, d.groups)
     ds, dup = handle_duplicates(ds, d.duplicates)
+    near = None
+    if d.near_duplicates is not None:
+        ds, near = handle_near_duplicates(ds, d.duplicates,
+                                          max_distance=d.near_duplicates.max_distance,
+                                          method=d.near_duplicates.hash)
     dropped = {}
     if d.drop_classes:
         before = dict(zip(ds.classes, ds.counts()))
@@ -217,6 +228,12 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     }
     if dropped:
         report["dropped_classes"] = dropped
+    if near is not None:
+        report["near_duplicates"] = near.as_dict()
+        report["near_duplicates_summary"] = near.summary()
+    if ds.groups is not None:
+        report["groups"] = group_report(ds, d.groups)
+        report["groups_summary"] = group_summary(report["groups"])
     return ds, report
 
 

@@ -58,3 +58,28 @@ def fetch(url: str, dest: Path, *, algo: str, timeout: float,
 
     atomic_write(Path(dest), write)
     return digest.hexdigest()
+
+
+# at most this many ".." in a path written relative to the working folder: further up
+# is the layout of the machine (/home/<user>/...), not of the project and its data
+MAX_UP = 2
+
+
+def portable_path(path) -> str:
+    """A path as the header of a published table may show it: never an absolute path of
+    this machine. A relative path stays as it is; an absolute one is written relative
+    to the working folder (``../shared/data``) when that climbs at most ``MAX_UP``
+    folders, else by its last part alone (the reader puts their copy there)."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    try:
+        rel = os.path.relpath(text)
+    except ValueError:                 # another drive (Windows): no relative form
+        return Path(text).name
+    ups = 0
+    for part in Path(rel).parts:
+        if part != "..":
+            break
+        ups += 1
+    return Path(rel).as_posix() if ups <= MAX_UP else (Path(text).name or text)

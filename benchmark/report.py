@@ -93,6 +93,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         data_line = (f"Data: {data['loader']} ({data['images']} images: {counts}; "
                      f"{data['image_size']} px, {data['channels']} channel(s)); duplicates: "
                      f"{data['duplicates_summary']}.")
+        data_line = data_line[:-1] + data_extras(data) + "."
         if data.get("dropped_classes"):
             data_line = data_line[:-1] + "; classes left out (`dataset.drop_classes`): " + ", ".join(
                 f"{c} ({n} image(s) after duplicates)" for c, n in data["dropped_classes"].items()) + "."
@@ -156,3 +157,14 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
             fidelity=fidelity if fidelity.is_file() else None, arms=arms,
             classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir))
     return written
+
+
+def data_extras(data: dict) -> str:
+    """The data line's words on near-duplicates and groups, when the suite asked for them
+    (empty otherwise, so older data reports read as before)."""
+    out = ""
+    if data.get("near_duplicates_summary"):
+        out += f"; near-duplicates: {data['near_duplicates_summary']}"
+    if data.get("groups_summary"):
+        out += f"; groups (folds keep each whole): {data['groups_summary']}"
+    return out

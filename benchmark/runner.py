@@ -90,6 +90,8 @@ def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quie
     progress = ConsoleProgress(len(cells), "cells", quiet)
     if data_report["duplicates"]["groups"]:
         progress.warn(f"{ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
+    if (data_report.get("near_duplicates") or {}).get("groups"):
+        progress.warn(f"{ds.name or s.dataset.loader}: {data_report['near_duplicates_summary']}")
     for line in data_report.get("warnings", []):
         progress.warn(line)
     if done:

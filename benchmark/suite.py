@@ -32,6 +32,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NearDuplicatesConfig(Strict):
+    """Near-duplicate detection (off unless given): images whose perceptual hashes differ
+    in at most ``max_distance`` of their 64 bits count as copies, and ``dataset.duplicates``
+    handles them as it handles exact ones."""
+
+    hash: Literal["phash"] = Field("phash", description="phash: DCT hash of the grey image")
+    max_distance: int = Field(4, ge=0, le=32, description="largest Hamming distance (bits of "
+                                                          "64) between near-duplicates")
+
+
 class DatasetConfig(Strict):
     loader: str = Field(description="dataset plugin name: phantom, medmnist, folder, ...")
     path: str | None = None
@@ -45,6 +55,19 @@ class DatasetConfig(Strict):
     min_per_class: int = Field(2, ge=1, description="refuse classes with fewer training images")
     drop_classes: list[str] = Field(default_factory=list,
                                     description="classes left out, after duplicates are handled")
+    near_duplicates: NearDuplicatesConfig | None = Field(
+        None, description="also find near-duplicates by perceptual hash: {hash: phash, "
+                          "max_distance: 4}")
+    groups: str | None = Field(
+        None, min_length=1, description="metadata column naming each image's patient or "
+                                        "lesion: the folds keep every group whole")
+    metadata: str | None = Field(
+        None, min_length=1, description="CSV with one row per image (read for groups); relative "
+                                        "paths: under MEDBENCH_DATA, dataset.path, the suite's folder")
+    metadata_key: str | None = Field(
+        None, min_length=1, description="column of the metadata naming the image: its path "
+                                        "under dataset.path, file name or name without the "
+                                        "extension (default: the first column)")
 
 
 class ProtocolConfig(Strict):
@@ -298,6 +321,19 @@ class Suite(Strict):
         return self
 
     @model_validator(mode="after")
+    def _groups_need_metadata(self):
+        # checked on the whole suite, not on the dataset block, so that the message is
+        # one line without the block's value before it
+        d = self.dataset
+        if d.groups and not d.metadata:
+            raise ValueError(f"dataset.groups: {d.groups!r} names a metadata column; give "
+                             "dataset.metadata, a CSV with one row per image and that column")
+        if (d.metadata or d.metadata_key) and not d.groups:
+            raise ValueError("dataset.metadata is read for dataset.groups; name the column "
+                             "that holds each image's patient or lesion in dataset.groups")
+        return self
+
+    @model_validator(mode="after")
     def _classifier_training(self):
         """A classifier's ``training`` overrides must make a valid training block."""
         for c in self.classifiers:
@@ -436,6 +472,24 @@ def load_suite(path: str | os.PathLike, profile: str | None = None,
 def data_root() -> Path | None:
     root = os.environ.get("MEDBENCH_DATA")
     return Path(root).expanduser().resolve() if root else None
+
+
+def resolve_metadata_path(loaded: LoadedSuite, data_path: Path | None) -> Path | None:
+    """A relative ``dataset.metadata`` is looked up under MEDBENCH_DATA, then in the
+    dataset's folder, then beside the suite (the first that exists; else the first)."""
+    m = loaded.suite.dataset.metadata
+    if m is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(m)))
+    if p.is_absolute():
+        return p
+    root = data_root()
+    candidates = ([root / p] if root else []) + ([data_path / p] if data_path else []) + \
+        [loaded.path.parent / p]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    return candidates[0].resolve()
 
 
 def resolve_data_path(loaded: LoadedSuite) -> Path | None:

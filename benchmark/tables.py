@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .files import portable_path
 from .stats import compare_to_baseline, mcnemar_to_baseline, mean_ci
 from .store import ResultsStore, safe_name
 
@@ -215,9 +216,10 @@ MCNEMAR_CAPTION = ("McNemar's test against `none` on the test predictions pooled
 def header_lines(manifest: dict, results_dir: Path, df: pd.DataFrame | None = None) -> list[str]:
     """The command that made the results, and what they were made with (on a CPU the
     numbers depend on torch's thread count: that of the cells in ``df``)."""
-    run_cmd = manifest.get("command") or f"medbench run {manifest.get('suite_path')}"
+    run_cmd = manifest.get("command") or \
+        f"medbench run {portable_path(manifest.get('suite_path'))}"
     return [
-        f"Made by: `{run_cmd}` then `medbench report {results_dir}`",
+        f"Made by: `{run_cmd}` then `medbench report {portable_path(results_dir)}`",
         f"Suite `{manifest.get('suite')}` (hash {manifest.get('suite_hash')}), profile "
         f"`{manifest.get('profile') or 'none'}`; medbench {manifest.get('medbench')}, "
         f"commit {manifest.get('git_commit')}, torch {manifest.get('torch')}, "

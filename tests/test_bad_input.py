@@ -80,6 +80,18 @@ def huge_png(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def metadata_csv(root: Path, column: str = "patient", rows: int | None = None,
+                 patients: int = 30) -> Path:
+    """A metadata CSV for the phantom set of ``quick()`` (96 images, sources
+    ``phantom:1:<i>``): ``rows`` of them, each image's patient ``i % patients``."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = 96 if rows is None else rows
+    path = root / "meta.csv"
+    path.write_text(f"image,{column}\n" + "".join(f"phantom:1:{i},p{i % patients}\n"
+                                                  for i in range(n)))
+    return path
+
+
 def folder_suite(path: Path, **dataset) -> dict:
     s = quick(arms=[{"name": "none"}])
     s["dataset"] = {"loader": "folder", "path": str(path), "image_size": 12, "channels": 1,
@@ -433,6 +445,13 @@ MALFORMED_SUITES = {
     "zero stages": _suite(training__stages=[{"epochs": 0}]),
     "unknown metric": _suite(metrics=["accuracy", "kappa"]),
     "amp word": _suite(training__amp="sometimes"),
+    "groups without metadata": _suite(dataset__groups="patient"),
+    "metadata without groups": _suite(dataset__metadata="meta.csv"),
+    "empty groups column": _suite(dataset__groups="", dataset__metadata="meta.csv"),
+    "near-duplicate hash": _suite(dataset__near_duplicates={"hash": "md5"}),
+    "near-duplicate distance": _suite(dataset__near_duplicates={"max_distance": 65}),
+    "near-duplicate distance word": _suite(dataset__near_duplicates={"max_distance": "few"}),
+    "near-duplicate typo": _suite(dataset__near_duplicates={"max_distanse": 3}),
 }
 
 BROKEN_DATASETS = {
@@ -466,6 +485,18 @@ BROKEN_DATASETS = {
             (root / "d" / "a" / "0.png").read_bytes()), root / "d")[-1], duplicates="refuse"),
     "a class to drop that is not there": lambda root: folder_suite(
         folder_data(root / "d", classes=("a", "b", "c")), drop_classes=["z"]),
+    "a metadata file that is not there": lambda root: _suite(
+        dataset__groups="patient", dataset__metadata=str(root / "nowhere.csv")),
+    "a groups column the metadata lacks": lambda root: _suite(
+        dataset__groups="patient", dataset__metadata=str(metadata_csv(root, column="lesion"))),
+    "images without a group": lambda root: _suite(
+        dataset__groups="patient", dataset__metadata=str(metadata_csv(root, rows=50))),
+    "fewer groups than folds": lambda root: _suite(
+        dataset__groups="patient", dataset__metadata=str(metadata_csv(root, patients=2))),
+    "near-duplicates refused": lambda root: folder_suite(
+        (folder_data(root / "d"), Image.open(root / "d" / "a" / "0.png").point(
+            lambda v: min(255, v + 3)).save(root / "d" / "a" / "brighter.png"), root / "d")[-1],
+        duplicates="refuse", near_duplicates={"max_distance": 4}),
     "a damaged npz file": lambda root: {
         **quick(), "dataset": {"loader": "medmnist", "path": str(
             (root.mkdir(parents=True, exist_ok=True),
@@ -475,7 +506,7 @@ BROKEN_DATASETS = {
 
 
 def test_the_corpus_is_big_enough():
-    assert len(MALFORMED_SUITES) >= 30 and len(BROKEN_DATASETS) >= 12
+    assert len(MALFORMED_SUITES) >= 37 and len(BROKEN_DATASETS) >= 17
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_SUITES))

@@ -102,7 +102,7 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     assert r.exit_code == 0, r.output
     md = (rep / "summary.md").read_text()
     # the command that made it, with the data root when MEDBENCH_DATA is set (as in CI)
-    assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S+suite\.yaml` then "
+    assert re.match(r"Made by: `(MEDBENCH_DATA=\S+ )?medbench run \S*suite\.yaml` then "
                     r"`medbench report \S+`", md.splitlines()[2]), md.splitlines()[2]
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
     assert re.search(r"device cpu, \d+ torch thread\(s\) per cell\.$", md.splitlines()[3])
@@ -188,3 +188,25 @@ def test_recorded_command_names_medbench_data_relative_to_the_working_folder(tmp
     assert str(tmp_path) not in line
     monkeypatch.setenv("MEDBENCH_DATA", "../shared/data")      # already relative: kept
     assert _command_line("run", "s.yaml").startswith("MEDBENCH_DATA=../shared/data ")
+
+
+def test_no_header_names_an_absolute_path_of_the_machine(tmp_path, monkeypatch):
+    from medbench.cli import _command_line
+    from medbench.files import portable_path
+    from medbench.tables import header_lines
+    work = tmp_path / "a" / "b" / "checkout"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    # a suite and a results folder given as absolute paths: written relative to the
+    # working folder, as a user would type them there
+    line = _command_line("run", str(work / "suites" / "x.yaml"), "--out", work / "results" / "x")
+    assert line.endswith("medbench run suites/x.yaml --out results/x")
+    monkeypatch.setenv("MEDBENCH_DATA", "/srv/someone/medical/data")   # far from the checkout
+    line = _command_line("run", "suites/x.yaml")
+    assert line == "MEDBENCH_DATA=data medbench run suites/x.yaml", line
+    assert _command_line("compare", "r1", data=False) == "medbench compare r1"
+    assert portable_path(tmp_path / "a" / "shared") == "../../shared"
+    head = header_lines({"suite_path": str(work / "suites" / "x.yaml"), "suite": "x"},
+                        work / "results" / "x")
+    assert head[0] == "Made by: `medbench run suites/x.yaml` then `medbench report results/x`"
+    assert str(tmp_path) not in "\n".join(head)
