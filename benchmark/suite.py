@@ -328,7 +328,8 @@ class Suite(Strict):
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(x) for x in first["loc"])
-                raise ValueError(f"classifier {c.key!r}: training.{where}: {first['msg']}") from None
+                msg = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"classifier {c.key!r}: training.{where}: {msg}") from None
         return self
 
     @model_validator(mode="after")
