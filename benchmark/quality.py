@@ -6,7 +6,6 @@ the comparison with held-out real images at matched n, and the copy rate.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
