@@ -6,7 +6,6 @@ the comparison with held-out real images at matched n, and the copy rate.
 
 from __future__ import annotations
 
-
 import torch
 
 from .errors import DataError
