@@ -249,7 +249,7 @@ def label_set(classes: list[str], counts: list[int], split_counts: dict | None,
 def make_plan(loaded: LoadedSuite, *, ds: ImageSet | None = None, counts: tuple | None = None,
               counted_from: str | None = None, out: Path | None = None,
               device: str | None = None, executor: str = "local", jobs: int = 1,
-              threads: int | None = None, estimate: bool = True,
+              threads: int | None = None, estimate: bool = True, cold: bool = False,
               say: Callable[[str], None] | None = None) -> Plan:
     """The plan of a run of ``loaded`` into ``out`` on ``device``.
 
@@ -257,20 +257,22 @@ def make_plan(loaded: LoadedSuite, *, ds: ImageSet | None = None, counts: tuple 
     and the cache consulted. Else ``counts`` (classes, counts, per-split counts or None)
     count the images without the cache; with neither, only the cells are counted.
     ``estimate``: calibrate (or read the calibration from the cache) and put seconds
-    on everything; ``say`` hears that a calibration is being measured."""
+    on everything; ``say`` hears that a calibration is being measured. ``cold``: plan
+    as on an empty results folder and cache (what a first run pays; the calibration is
+    still read from the cache)."""
     s = loaded.suite
     executor, _, threads = run_setup(executor, jobs, threads)
     dev = pick_device(device or s.device)
     cells = expand_cells(loaded, count_folds(loaded))
     notes: list[str] = []
     done: set[str] = set()
-    if out is not None and (Path(out) / MANIFEST).exists():
+    if out is not None and not cold and (Path(out) / MANIFEST).exists():
         store = ResultsStore(Path(out))
         if store.manifest().get("suite_hash") == loaded.hash:
             done = store.done()
         else:
             notes.append(f"{out} holds results of another configuration: `run` would refuse it")
-    use_cache = ds is not None
+    use_cache = ds is not None and not cold
     if ds is None and counts is not None:
         ds = label_set(*counts, channels=s.dataset.channels)
     plan = Plan(s.name, loaded.profile, str(dev), device_name(dev), threads, jobs, executor,
@@ -282,7 +284,7 @@ def make_plan(loaded: LoadedSuite, *, ds: ImageSet | None = None, counts: tuple 
         plan.cells = [CellPlan(c.order, c.arm, c.classifier, c.seed, c.fold,
                                "done" if c.key in done else "todo") for c in cells]
         return plan
-    if not use_cache:
+    if not use_cache and not cold:
         notes.append("the cache is not consulted without the data (its keys are the data's "
                      "content)")
     engine = Engine(loaded, ds, dev)
