@@ -193,7 +193,7 @@ def _print_plan(p, suite) -> None:
     if p.counted_from is not None:
         click.echo(f"images: {sum(p.counts):,} in {len(p.classes)} classes ("
                    + ", ".join(f"{c} {n:,}" for c, n in zip(p.classes, p.counts))
-                   + f"), counted from the {p.counted_from}")
+                   + f"), counted from {'the ' if p.counted_from == 'data' else ''}{p.counted_from}")
     todo, fits = p.todo_cells(), p.todo_fits()
     line = (f"to run: {len(todo)} of {len(p.cells)} cell(s), {len(fits)} of {len(p.fits)} "
             "generator fit(s)")

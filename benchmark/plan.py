@@ -596,7 +596,8 @@ def plan_table(plan: Plan) -> tuple[list[str], list[list[str]]]:
             fit_text = kimg_text = "-"
             if i == 0 and fits:
                 fit_text = f"{sum(f.state == 'todo' for f in fits)}/{len(fits)}"
-                kimg_text = f"{np.mean([f.kimg for f in fits]):,.1f}"
+                trained = [f.kimg for f in fits if f.shown]   # SMOTE & co. show none
+                kimg_text = f"{np.mean(trained):,.1f}" if trained else "-"
             elif i == 0 and not counted and arm in plan.generator_arms:
                 fit_text = kimg_text = "?"
             images = ("?" if not counted else
