@@ -82,21 +82,22 @@ def test_plan_counts_equal_what_a_run_does(write_suite, tmp_path, one_thread):
     loaded = load_suite(write_suite(gan_suite()))
     ds, _ = load_dataset(loaded)
     out = tmp_path / "out"
-    before = make_plan(loaded, ds=ds, counted_from="data", out=out, estimate=False)
+    # one torch thread: two would spin against each other on a busy 2-core machine
+    before = make_plan(loaded, ds=ds, counted_from="data", out=out, threads=1, estimate=False)
     assert len(before.cells) == 4 * 2 and all(c.state == "todo" for c in before.cells)
     # per fold: ProGAN and DCGAN one per minority class (2), the cGAN one for all
     assert sorted((f.generator, f.unit) for f in before.fits if f.fold == 0) == sorted([
         ("cgan", "all classes"), ("dcgan", ds.classes[1]), ("dcgan", ds.classes[2]),
         ("progan", ds.classes[1]), ("progan", ds.classes[2])])
     assert all(f.state == "todo" for f in before.fits)
-    run_suite(loaded, out, quiet=True)
+    run_suite(loaded, out, quiet=True, threads=1)
     _check_counts(before, out)
     # what the folder and the cache hold is subtracted: nothing left in this folder,
     # and in another folder every cell comes from the cell cache, no fit is needed
-    after = make_plan(loaded, ds=ds, counted_from="data", out=out, estimate=False)
+    after = make_plan(loaded, ds=ds, counted_from="data", out=out, threads=1, estimate=False)
     assert after.todo_cells() == [] and after.todo_fits() == []
     elsewhere = make_plan(loaded, ds=ds, counted_from="data", out=tmp_path / "other",
-                          estimate=False)
+                          threads=1, estimate=False)
     assert {c.state for c in elsewhere.cells} == {"cached"} and elsewhere.todo_fits() == []
 
 
@@ -178,11 +179,12 @@ def test_bad_counts_are_refused_in_one_line(counts):
 
 def test_plan_command_prints_a_table_and_json(write_suite, tmp_path, one_thread):
     path = write_suite(tiny_suite(protocol={"kind": "kfold", "folds": 2, "max_folds": 1}))
-    r = CliRunner().invoke(cli, ["plan", str(path), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(cli, ["plan", str(path), "--out", str(tmp_path / "o"), "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert "epochs x images per cell" in r.stdout and "estimate:" in r.stdout
     assert "timing a few steps of smallcnn" in r.stderr
-    r = CliRunner().invoke(cli, ["plan", str(path), "--json", "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(cli, ["plan", str(path), "--json", "--out", str(tmp_path / "o"),
+                                 "--threads", "1"])
     p = json.loads(r.stdout)
     assert len(p["cells"]) == 2 and p["wall_seconds"] > 0
     assert p["calibration"]["measured_now"] == []          # the second time: from the cache
@@ -197,18 +199,20 @@ def test_run_prints_the_estimate_and_refuses_what_cannot_finish_here(write_suite
     path = write_suite(suite)
     monkeypatch.setattr(planmod, "FAR_SECONDS", 1e-6)     # anything is far beyond it now
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(path), "--profile", "paper", "--out", str(out)])
+    r = CliRunner().invoke(cli, ["run", str(path), "--profile", "paper", "--out", str(out),
+                                 "--threads", "1"])
     assert r.exit_code == 2, r.output
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and "far beyond" in err
     assert "--profile smoke" in err and "--yes" in err
     assert not out.exists()                               # refused before anything is written
     r = CliRunner().invoke(cli, ["run", str(path), "--profile", "paper", "--out", str(out),
-                                 "--no-prompt"])
+                                 "--threads", "1", "--no-prompt"])
     assert r.exit_code == 0, r.output
     assert "plan: 2 of 2 cell(s) to run" in r.stderr and "starting anyway" in r.stderr
     monkeypatch.setattr(planmod, "FAR_SECONDS", 7 * 86400)
-    r = CliRunner().invoke(cli, ["run", str(path), "--profile", "paper", "--out", str(out)])
+    r = CliRunner().invoke(cli, ["run", str(path), "--profile", "paper", "--out", str(out),
+                                 "--threads", "1"])
     assert r.exit_code == 0 and "plan: 0 of 2 cell(s) to run" in r.stderr
 
 
