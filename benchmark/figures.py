@@ -134,14 +134,10 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
 
 
 def _focus_class(data: dict, k: int, ys: list[np.ndarray]) -> int:
-    """Binary: the positive class of the data report (``dataset.positive_class``, by
-    default the minority class; class 1 for older reports without it). Multi-class: the
-    class with the fewest images in the data report (the fewest test images pooled when
-    the report lacks counts)."""
+    """Binary: class 1. Multi-class: the class with the fewest images in the data report
+    (the fewest test images pooled when the report lacks counts)."""
     if k == 2:
-        classes = data.get("classes") or []
-        positive = data.get("positive_class")
-        return classes.index(positive) if positive in classes else 1
+        return 1
     counts = data.get("counts")
     if counts and len(counts) == k:
         return int(np.argmin(counts))
