@@ -474,35 +474,25 @@ def data_root() -> Path | None:
     return Path(root).expanduser().resolve() if root else None
 
 
+def _resolve(value: str | None, bases: list[Path | None], found) -> Path | None:
+    """A configured path: absolute as given; relative, the first of ``bases`` (None
+    skipped) under which ``found`` holds, else under the first base."""
+    if value is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    if p.is_absolute():
+        return p
+    candidates = [b / p for b in bases if b is not None]
+    return next((c.resolve() for c in candidates if found(c)), candidates[0].resolve())
+
+
 def resolve_metadata_path(loaded: LoadedSuite, data_path: Path | None) -> Path | None:
     """A relative ``dataset.metadata`` is looked up under MEDBENCH_DATA, then in the
     dataset's folder, then beside the suite (the first that exists; else the first)."""
-    m = loaded.suite.dataset.metadata
-    if m is None:
-        return None
-    p = Path(os.path.expandvars(os.path.expanduser(m)))
-    if p.is_absolute():
-        return p
-    root = data_root()
-    candidates = ([root / p] if root else []) + ([data_path / p] if data_path else []) + \
-        [loaded.path.parent / p]
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    return candidates[0].resolve()
+    return _resolve(loaded.suite.dataset.metadata,
+                    [data_root(), data_path, loaded.path.parent], Path.is_file)
 
 
 def resolve_data_path(loaded: LoadedSuite) -> Path | None:
     """Relative dataset paths are looked up under MEDBENCH_DATA, then beside the suite."""
-    p = loaded.suite.dataset.path
-    if p is None:
-        return None
-    p = Path(os.path.expandvars(os.path.expanduser(p)))
-    if p.is_absolute():
-        return p
-    root = data_root()
-    candidates = ([root / p] if root else []) + [loaded.path.parent / p]
-    for c in candidates:
-        if c.exists():
-            return c.resolve()
-    return candidates[0].resolve()
+    return _resolve(loaded.suite.dataset.path, [data_root(), loaded.path.parent], Path.exists)
