@@ -358,6 +358,22 @@ class Generator(Parameterised):
         """n uint8 images of the class, N x C x H x W like the training images."""
         raise NotImplementedError
 
+    def budget(self, n: int, image_size: int) -> list[int]:
+        """Real images a fit on ``n`` images of this size shows, phase by phase (ProGAN:
+        one phase per stage; one for most GANs), exactly as ``fit`` counts them in its
+        ``record``; ``medbench plan`` multiplies them by each phase's measured seconds
+        per image. [] (the default): the fit is no training loop (SMOTE, oversampling),
+        and the plan times a fit whole."""
+        return []
+
+    def with_budget(self, images: list[int]) -> "Generator":
+        """A new instance with these parameters but a budget of ``images`` real images
+        shown per phase (as many entries as ``budget`` returns), nothing else that
+        costs time beyond the training steps (no wall-clock cap, no collapse check):
+        the plan's calibration times a few steps of each phase this way. Default: a
+        new instance with the same parameters."""
+        return type(self)(**self.cfg)
+
     def state_dict(self) -> dict[str, Any]:
         """What ``load_state_dict`` needs to rebuild the fitted generator (tensors and
         plain data, saved with ``torch.save``). Only called when ``cacheable``."""

@@ -8,7 +8,8 @@ one folder per kind::
 
 kinds: ``datasets`` (decoded image folders), ``generators`` (fitted GAN states and
 recorded divergences), ``synthetic`` (the images a generator drew for one class of one
-fold) and ``cells`` (a finished cell's results and predictions).
+fold), ``cells`` (a finished cell's results and predictions) and ``timings`` (the
+seconds per image that ``medbench plan`` measured for a plugin configuration on a device).
 
 A key is the SHA-256 of a description of everything that determines the payload
 (``content_key``), so an entry made under any other configuration is never found. The
@@ -41,7 +42,7 @@ from .files import atomic_text, atomic_write, file_sha256
 __all__ = ["KINDS", "Cache", "SyntheticCache", "cache_root", "cell_key", "code_fingerprint",
            "code_version", "content_key", "fixed_rng", "load_cell", "store_cell"]
 
-KINDS = ("datasets", "generators", "synthetic", "cells")
+KINDS = ("datasets", "generators", "synthetic", "cells", "timings")
 STRAY_AFTER_S = 60          # a payload without sidecar, or a *.tmp, younger than this may
                             # be another process's write in progress: prune leaves it
 _KEY = re.compile(r"[0-9a-z]{8,128}")

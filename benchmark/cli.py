@@ -110,6 +110,108 @@ def validate(suite, profile, with_data):
                f"= {n} cells; hash {loaded.hash}){data}")
 
 
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder whose finished cells are not counted (default "
+                   "results/<suite name>[-<profile>]).")
+@click.option("--executor", default="local", show_default=True,
+              help="Executor plugin: local, processes, ray.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells at once (the wall time divides by them).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads per cell (default: the cores shared out over --jobs).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
+@click.option("--counts", default=None, metavar="NAME=N,...",
+              help="Images per class of the whole dataset, to plan without the data "
+                   "(e.g. COVID=3616,Normal=10192); default: the data, else the results "
+                   "folder's data_report.json.")
+@click.option("--no-estimate", "no_estimate", is_flag=True,
+              help="Count only; time nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The plan as JSON, for scripts.")
+def plan(suite, profile, out, executor, jobs, threads, device, counts, no_estimate, as_json):
+    """What a run costs before it is paid: its cells, generator fits, images shown per
+    fit, classifier epochs x images per cell, and the wall time on this device from a
+    short calibration (cached), less what the results folder and the cache hold."""
+    from .engine import check_feasible, check_plugins, load_dataset
+    from .errors import DataError
+    from .plan import counts_from_report, label_set, make_plan, parse_counts
+    from .suite import load_suite
+    loaded = load_suite(suite, profile)
+    check_plugins(loaded, download=False)
+    out = out or _default_out(loaded, profile)
+    ds, known, source, missing = None, None, None, None
+    if counts:
+        known, source = (*parse_counts(counts), None), "--counts"
+    else:
+        try:
+            ds, _ = load_dataset(loaded)
+            source = "data"
+        except DataError as exc:
+            missing = str(exc)
+            report = counts_from_report(out / "data_report.json")
+            if report is not None:
+                known, source = report, f"data report {out / 'data_report.json'}"
+    # what `run` would refuse, refused here too
+    if ds is not None:
+        check_feasible(loaded, ds)
+    elif known is not None:
+        check_feasible(loaded, label_set(*known, channels=loaded.suite.dataset.channels))
+    say = None if as_json else (lambda m: click.echo(m, err=True))
+    p = make_plan(loaded, ds=ds, counts=known, counted_from=source, out=out, device=device,
+                  executor=executor, jobs=jobs, threads=threads, estimate=not no_estimate,
+                  say=say)
+    if missing and p.counted_from is None:
+        p.notes.append(f"images not counted: {missing}; give --counts NAME=N,... to plan "
+                       "without the data")
+    if as_json:
+        click.echo(json.dumps(p.as_dict(), indent=1, default=str))
+        return
+    _print_plan(p, suite)
+
+
+def _print_plan(p, suite) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from .plan import human_seconds, plan_table
+    head, rows = plan_table(p)
+    title = (f"{p.suite}{' --profile ' + p.profile if p.profile else ''} on {p.device} "
+             f"({p.device_name}, {p.threads} thread(s) per cell), {p.jobs} job(s)")
+    t = Table(title=title)
+    for c in head:
+        t.add_column(c, justify="left" if c in ("arm", "classifier") else "right")
+    for r in rows:
+        t.add_row(*r)
+    Console(width=max(120, Console().width)).print(t)
+    if p.counted_from is not None:
+        click.echo(f"images: {sum(p.counts):,} in {len(p.classes)} classes ("
+                   + ", ".join(f"{c} {n:,}" for c, n in zip(p.classes, p.counts))
+                   + f"), counted from {'the ' if p.counted_from == 'data' else ''}{p.counted_from}")
+    todo, fits = p.todo_cells(), p.todo_fits()
+    line = (f"to run: {len(todo)} of {len(p.cells)} cell(s), {len(fits)} of {len(p.fits)} "
+            "generator fit(s)")
+    if p.counted_from is not None:
+        line += (f", {sum(f.kimg for f in fits):,.0f} kimg shown to generators, "
+                 f"{sum(c.epochs * c.n_train for c in todo) / 1e6:,.2f} M classifier images "
+                 "(every epoch: early stopping may end sooner)")
+    click.echo(line)
+    if p.work_seconds is not None:
+        cal = p.calibration
+        how = (f"measured now in {cal['seconds_measuring']:.0f} s" if cal["measured_now"]
+               else "from the cache")
+        click.echo(f"estimate: {human_seconds(p.wall_seconds)} wall with {p.jobs} job(s) "
+                   f"({human_seconds(p.work_seconds)} of work); calibration {how}")
+        peak = [r.get("peak_gpu_mb") for r in cal["classifiers"].values() if r.get("peak_gpu_mb")]
+        if peak and p.device.startswith("cuda"):
+            import torch
+            total = torch.cuda.get_device_properties(torch.device(p.device)).total_memory / 2 ** 20
+            click.echo(f"GPU memory: about {max(peak):,.0f} MiB per classifier cell; "
+                       f"{int(total // (max(peak) * 1.25))} could run at once on this GPU")
+    for note in p.notes:
+        click.echo(f"note: {note}")
+
+
 def _default_out(loaded, profile) -> Path:
     return Path("results") / (loaded.suite.name + (f"-{profile}" if profile else ""))
 
@@ -136,9 +238,15 @@ def _default_out(loaded, profile) -> Path:
                    "(its study in results/<suite>[-<profile>]/tune/) or a best.json path "
                    "(default: the suite's tuning.use).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--yes", "-y", "yes", is_flag=True,
+              help="Start even when the plan's estimate is far beyond what this device "
+                   "does in a day (otherwise a terminal asks, and anything else is refused).")
+@click.option("--no-prompt", "no_prompt", is_flag=True,
+              help="Never ask: for batch jobs, start whatever the estimate (as --yes).")
 def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use_tuned,
-        quiet):
-    """Run a suite; finished cells are kept, so rerunning resumes."""
+        quiet, yes, no_prompt):
+    """Run a suite; finished cells are kept, so rerunning resumes. The plan's estimate
+    (`medbench plan`) is printed first."""
     from .tables import summarize, wide, with_minority_recall
     from .runner import failures_by_reason, run_suite
     from .suite import load_suite
@@ -161,7 +269,9 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     args += _how_args(executor, jobs, threads, device)
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
                    command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
-                   threads=threads)
+                   threads=threads,
+                   before=lambda plan: _check_estimate(plan, loaded, suite, quiet,
+                                                       yes or no_prompt))
     failed = failures_by_reason(loaded, out)
     if df.empty:
         click.echo("no cell finished; see the messages above")
@@ -176,6 +286,47 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     click.echo(f"results: {out / 'results.parquet'} (and results.csv); tables: "
                f"medbench report {out}")
     _exit_on_failures(failed, out)
+
+
+def _smaller_profile(loaded) -> str | None:
+    """The profile to name instead of one that cannot finish here: the suite's cpu or
+    smoke profile (the house's names for the runs a CPU does), if it has one and it is
+    not the profile asked for."""
+    for name in ("cpu", "smoke"):
+        if name in (loaded.raw.get("profiles") or {}) and name != loaded.profile:
+            return name
+    return None
+
+
+def _check_estimate(plan, loaded, suite, quiet: bool, go: bool) -> None:
+    """Print the plan's one line; when its wall time is far beyond a day's work here
+    (``medbench.plan.FAR_SECONDS``), say so and name a smaller profile, then ask on a
+    terminal, or refuse (exit 2, before anything is written) anything else, unless
+    ``go`` (--yes, --no-prompt). A non-terminal run never waits for an answer."""
+    import sys
+
+    from .plan import FAR_SECONDS, human_seconds
+    if not quiet:
+        click.echo(plan.line(), err=True)
+    wall = plan.wall_seconds
+    if wall is None or wall <= FAR_SECONDS:
+        return
+    other = _smaller_profile(loaded)
+    what = (f"{suite}{' --profile ' + loaded.profile if loaded.profile else ''}: about "
+            f"{human_seconds(wall)} on {plan.device} ({plan.device_name}), far beyond what "
+            "it does in a day")
+    hint = (f"; use --profile {other} (`medbench plan {suite} --profile {other}` shows its "
+            "cost)" if other else "; use a smaller profile or a faster device")
+    if go:
+        click.echo(f"warning: {what}; starting anyway (--yes)", err=True)
+        return
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        click.echo(f"warning: {what}{hint}", err=True)
+        if click.confirm("start it anyway?", default=False, err=True):
+            return
+        raise MedbenchError(f"not started{hint}")
+    raise MedbenchError(f"{what}: not started{hint}, or pass --yes (--no-prompt) to start it "
+                        "anyway")
 
 
 def _exit_on_failures(failed: dict[str, list[str]], out: Path) -> None:

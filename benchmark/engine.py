@@ -222,6 +222,10 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
         "image_size": d.image_size, "channels": d.channels,
         "splits": None if ds.splits is None else {k: int(sum(1 for x in ds.splits if x == k))
                                                    for k in ("train", "val", "test")},
+        # per class within each predefined split: what `medbench plan` counts from
+        # when the data itself is not at hand
+        "split_counts": None if ds.splits is None else {
+            k: ds.counts(ds.split_index(k)) for k in ("train", "val", "test")},
         "duplicates": dup.as_dict(), "duplicates_summary": dup.summary(),
         "fingerprint": ds.fingerprint(), "notes": ds.notes,
         "unreadable": list(ds.unreadable), "warnings": warnings,
@@ -351,13 +355,7 @@ class Engine:
         generator (fitted, or loaded from the generator cache, only now) with every
         global RNG fixed by the key, so a cached and a fresh draw are the same images,
         and stored."""
-        info = registry().get("generators", arm.generator)
-        gkey = self._generator_key(arm, fold, seed, c)
-        # what a drawing depends on besides the generator's own key: for SMOTE, oversampling
-        # and augmentation (not cached as models) the engine code they draw through
-        code = "" if self.gen_cache.cacheable(info.obj) else code_version(info.obj)
-        desc = SyntheticCache.describe_key(gkey, c, n, code, arm.generator)
-        key = content_key(desc)
+        key, desc = self.draw_key(arm, fold, seed, c, n)
         shape = tuple(self.ds.images.shape[1:])
         hit = self.synth_cache.load(key, shape)
         if hit is not None and len(hit[0]) == n:
@@ -382,6 +380,35 @@ class Engine:
                                f"{self.ds.classes[c]!r}, seed {seed}, fold {fold.index}", desc)
         return imgs
 
+    def draw_key(self, arm: ArmConfig, fold: Fold, seed: int, c: int, n: int) -> tuple[str, dict]:
+        """The synthetic cache key (and its description) of n images of class c drawn
+        for the arm in a fold: what ``draw`` looks up first, and ``medbench plan``."""
+        info = registry().get("generators", arm.generator)
+        gkey = self._generator_key(arm, fold, seed, c)
+        # what a drawing depends on besides the generator's own key: for SMOTE, oversampling
+        # and augmentation (not cached as models) the engine code they draw through
+        code = "" if self.gen_cache.cacheable(info.obj) else code_version(info.obj)
+        desc = SyntheticCache.describe_key(gkey, c, n, code, arm.generator)
+        return content_key(desc), desc
+
+    def fit_units(self, arm: ArmConfig, wanted: list[int]) -> list[int | None]:
+        """The models the arm fits for these synthetic counts per class: one per class
+        with ``wanted[c] > 0`` for a per-class generator, the one conditional model
+        (None) for a conditional one, none when nothing is wanted."""
+        need = [c for c, n in enumerate(wanted) if n > 0]
+        if not need:
+            return []
+        return [None] if registry().get("generators", arm.generator).obj.conditional else need
+
+    def fit_images(self, fold: Fold, unit: int | None) -> int:
+        """Real training images the model of ``unit`` (a class, or None: all) is fitted on."""
+        y = self.ds.labels.numpy()[fold.train]
+        return int(len(y) if unit is None else (y == unit).sum())
+
+    def generator_key(self, arm: ArmConfig, fold: Fold, seed: int, c: int | None) -> str:
+        """The generator cache key of the model that draws class c (see ``_generator_key``)."""
+        return self._generator_key(arm, fold, seed, c)
+
     def _generator_key(self, arm: ArmConfig, fold: Fold, seed: int, c: int | None) -> str:
         """The generator cache key of the model that draws class c (the one conditional
         model, or class c's own)."""
@@ -403,7 +430,7 @@ class Engine:
             self._gen_fold, self._gen_mem = (seed, fold.index), {}
         conditional = info.obj.conditional
         need = [c for c, n in enumerate(wanted) if n > 0]
-        units = [None] if conditional else need
+        units = self.fit_units(arm, wanted)
         fitted: dict[int | None, Generator] = {}
         for c in units:
             key = self._generator_key(arm, fold, seed, c)
@@ -490,6 +517,12 @@ class Engine:
         return g
 
     # ------------------------------------------------------------ one cell
+    def training_config(self, ccfg: ClassifierConfig) -> TrainingConfig:
+        """The suite's training block with the classifier's own overrides."""
+        if not ccfg.training:
+            return self.s.training
+        return TrainingConfig.model_validate({**self.s.training.model_dump(), **ccfg.training})
+
     def train_cell(self, arm_name: str, clf_key: str, seed: int, fold_index: int,
                    progress: Progress | None = None) -> Trained:
         """Train one classifier on the arm's training set of a fold (real images plus the
@@ -504,9 +537,7 @@ class Engine:
         fold = self.folds(seed)[fold_index]
         x_tr, y_tr, synth, wanted = self.training_set(arm, fold, seed)
         x_val, y_val = self.real(fold, "val")
-        tcfg = s.training
-        if ccfg.training:
-            tcfg = TrainingConfig.model_validate({**s.training.model_dump(), **ccfg.training})
+        tcfg = self.training_config(ccfg)
         settings = Settings.resolve(tcfg, clf.default_training or {})
         normalize = tcfg.normalize
         if normalize == "auto":

@@ -26,7 +26,7 @@ from .errors import DataError, MedbenchError
 from .progress import Progress, WorkerProgress
 from .registry import registry
 
-__all__ = ["CellWork", "cell_description", "default_threads", "failure"]
+__all__ = ["CellWork", "cell_description", "default_threads", "failure", "run_setup"]
 
 # engines built in this process, by run token: a worker serves many tasks of one run
 _ENGINES: dict[str, Any] = {}
@@ -145,3 +145,13 @@ def default_threads(jobs: int) -> int:
     except AttributeError:           # not on Linux
         cores = os.cpu_count() or 1
     return max(1, cores // max(1, jobs))
+
+
+def run_setup(executor: str, jobs: int, threads: int | None) -> tuple[str, Any, int]:
+    """The executor a run uses (``--jobs N`` alone means processes), its plugin class and
+    the torch threads of each task: what ``run`` runs with, and what ``plan`` times and
+    keys the cell cache by, so both agree."""
+    if jobs > 1 and executor == "local":
+        executor = "processes"
+    exec_cls = registry().get("executors", executor).obj
+    return executor, exec_cls, threads or default_threads(jobs if exec_cls.parallel else 1)

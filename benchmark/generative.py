@@ -221,6 +221,14 @@ class NeuralGenerator(Generator):
     def latent_size(self) -> int:
         return int(self.cfg["latent"])
 
+    def with_budget(self, images: list[int]) -> "NeuralGenerator":
+        """These parameters with ``kimg`` set to ``images`` (one number, or one per
+        phase), and neither a wall-clock cap, snapshots nor the collapse check (the
+        few steps a calibration times would fail it)."""
+        kimg = [i / 1000.0 for i in images] if len(images) > 1 else images[0] / 1000.0
+        return type(self)(**{**self.cfg, "kimg": kimg, "seconds": None, "snapshots_kimg": None,
+                             "collapse_check": False})
+
     # ------------------------------------------------------------------ fitting
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, *, classes, device="cpu",
                 seed: int = 0) -> "NeuralGenerator":

@@ -12,6 +12,7 @@ import contextlib
 import json
 import platform
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -23,10 +24,10 @@ from . import __version__
 from .engine import (Cell, Engine, Prefit, check_feasible, check_plugins, count_folds,
                      expand_cells, load_dataset, prefit_tasks)
 from .errors import Terminated
-from .execution import CellWork, default_threads
+from .execution import CellWork, run_setup
+from .plan import Plan, make_plan
 from .progress import ConsoleProgress
 from .provenance import git_commit
-from .registry import registry
 from .store import FolderLock, ResultsStore
 from .suite import LoadedSuite
 from .trainer import pick_device
@@ -38,7 +39,8 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
               device: str | None = None, command: str | None = None,
               echo: Callable[[str], None] | None = None, jobs: int = 1,
               address: str | None = None, gpus: float | None = None,
-              threads: int | None = None) -> pd.DataFrame:
+              threads: int | None = None,
+              before: Callable[[Plan], None] | None = None) -> pd.DataFrame:
     """Run every cell of a suite not yet in ``out`` and return the consolidated results.
 
     Cells go through the executor plugin (``local`` one by one here; ``processes`` and
@@ -49,30 +51,40 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
 
     Nothing is written to ``out`` before the suite, the data and the folder are
     accepted: a refused run leaves nothing that would change the next one. While it
-    runs, the folder's ``FolderLock`` refuses a second driver."""
+    runs, the folder's ``FolderLock`` refuses a second driver.
+
+    ``before``: hears the run's ``medbench.plan.Plan`` (calibrated, with what the
+    folder and the cache hold subtracted) once the data is accepted and before
+    anything is written; it may refuse the run by raising a ``MedbenchError``. The
+    progress display then counts down the plan's seconds per cell."""
     check_plugins(loaded)
     s = loaded.suite
-    if jobs > 1 and executor == "local":
-        executor = "processes"
-    exec_cls = registry().get("executors", executor).obj
+    executor, exec_cls, threads = run_setup(executor, jobs, threads)
     dev = pick_device(device or s.device)
     if gpus is None:
         gpus = 1.0 if dev.type == "cuda" else 0.0
-    threads = threads or default_threads(jobs if exec_cls.parallel else 1)
     lock = FolderLock(out, command)
     lock.check()                       # a live driver on the folder: refused, nothing loaded
     ResultsStore(out).check(loaded.hash)       # another configuration's folder: the same
     ds, data_report = load_dataset(loaded)
     check_feasible(loaded, ds)
+    planned = None
+    if before is not None:
+        plan = make_plan(loaded, ds=ds, counted_from="data", out=out, device=str(dev),
+                         executor=executor, jobs=jobs, threads=threads,
+                         say=None if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+        before(plan)
+        planned = plan.cell_seconds()
     with lock:
         return _run_accepted(loaded, out, ds, data_report, quiet=quiet, executor=executor,
                              exec_cls=exec_cls, dev=dev, command=command, jobs=jobs,
-                             address=address, gpus=gpus, threads=threads)
+                             address=address, gpus=gpus, threads=threads, planned=planned)
 
 
 def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quiet: bool,
                   executor: str, exec_cls, dev: torch.device, command: str | None, jobs: int,
-                  address: str | None, gpus: float, threads: int) -> pd.DataFrame:
+                  address: str | None, gpus: float, threads: int,
+                  planned: dict[str, float] | None = None) -> pd.DataFrame:
     """``run_suite`` once the suite and its data are accepted and the folder is ours."""
     s = loaded.suite
     store = ResultsStore(out)
@@ -87,7 +99,7 @@ def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quie
     cells = expand_cells(loaded, count_folds(loaded))
     done = store.done()
     todo = [c for c in cells if c.key not in done]
-    progress = ConsoleProgress(len(cells), "cells", quiet)
+    progress = ConsoleProgress(len(cells), "cells", quiet, planned=planned, jobs=jobs)
     if data_report["duplicates"]["groups"]:
         progress.warn(f"{ds.name or s.dataset.loader}: {data_report['duplicates_summary']}")
     if (data_report.get("near_duplicates") or {}).get("groups"):
@@ -125,13 +137,13 @@ def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quie
             acc = payload.loc[payload.metric == "accuracy", "value"]
             summary = f"accuracy={acc.iloc[0]:.4f} " if len(acc) else ""
             how = "from the cell cache" if status == "cached" else f"{secs:.1f} s"
-            progress.finished(n_done, f"done {cell.label()} {summary}({how})")
+            progress.finished(n_done, f"done {cell.label()} {summary}({how})", unit=cell.key)
         else:
             info = {"cell": cell.label(), "reason": payload}
             if preds:                  # the traceback of an unexpected exception
                 info["traceback"] = preds
             store.save_failure(cell.key, info)
-            progress.finished(n_done, f"done {cell.label()} FAILED: {payload}")
+            progress.finished(n_done, f"done {cell.label()} FAILED: {payload}", unit=cell.key)
 
     def on_prefit(task: Prefit, result) -> None:
         if result[0] != "ok":          # the cells that need it will record the reason

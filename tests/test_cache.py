@@ -411,12 +411,12 @@ def test_cache_ls_and_prune_commands(tmp_path, monkeypatch):
     assert content_key({"i": 2})[:12] in r.stdout
 
     r = _run(["cache", "prune", "--older-than", "2d", "--dry-run"])
-    assert "would remove cells" in r.stdout and len(c.entries()) == 4
+    assert "would remove cells" in r.stdout and len(c.entries()) == len(KINDS)
     r = _run(["cache", "prune", "--older-than", "2d"])
     assert "removed cells" in r.stdout and "1 entry" in r.stdout
-    assert {e["kind"] for e in c.entries()} == {"datasets", "generators", "synthetic"}
+    assert {e["kind"] for e in c.entries()} == set(KINDS) - {"cells"}
     r = _run(["cache", "prune", "--all"])
-    assert "removed 3 entries" in r.stdout and c.entries() == []
+    assert f"removed {len(KINDS) - 1} entries" in r.stdout and c.entries() == []
     assert "no entries" in _run(["cache", "ls"]).stdout
 
 

@@ -8,7 +8,7 @@ import torch
 
 from medbench.generative import NeuralGenerator
 
-__all__ = ["AdversarialGenerator", "adam", "real_batches"]
+__all__ = ["AdversarialGenerator", "adam", "batch_lengths", "real_batches"]
 
 
 class AdversarialGenerator(NeuralGenerator):
@@ -40,3 +40,12 @@ def real_batches(n: int, batch_size: int, device: torch.device,
         if len(idx) < 2:
             break
         yield idx
+
+
+def batch_lengths(n: int, batch_size: int) -> list[int]:
+    """The lengths of the batches ``real_batches(n, batch_size, ...)`` yields in one
+    pass, without drawing them: what a fit's images shown are counted from."""
+    if n < 2:
+        return []
+    bs = max(2, min(batch_size, n))
+    return [bs] * (n // bs) + ([n % bs] if n % bs >= 2 else [])

@@ -56,7 +56,7 @@ from medbench.generative import ImagesShown, WeightAverage, kimg_target
 from medbench.hookspecs import hookimpl
 
 from . import _diffaug as diffaug
-from ._adversarial import AdversarialGenerator, adam, real_batches
+from ._adversarial import AdversarialGenerator, adam, batch_lengths, real_batches
 from ._losses import LOSSES, d_loss, g_loss, gradient_penalty
 
 FC_HIDDEN_G = (256, 512, 1024)
@@ -284,6 +284,27 @@ class DCGANFamily(AdversarialGenerator):
 
     def _generate(self, z, y):
         return self.G(z, y)
+
+    def budget(self, n: int, image_size: int) -> list[int]:
+        """Images ``_train`` shows on n images: whole epochs of ``real_batches``, or,
+        with ``kimg``, batches until the target is reached (the last one overshoots)."""
+        lengths = batch_lengths(n, int(self.cfg["batch_size"]))
+        per_epoch = sum(lengths)
+        if per_epoch == 0:
+            return [0]
+        if self.cfg["kimg"] is None:
+            return [int(self.cfg["epochs"]) * per_epoch]
+        target = kimg_target(self.cfg["kimg"], self.name)
+        shown = (target - 1) // per_epoch * per_epoch      # the whole epochs below it
+        for length in lengths:
+            shown += length
+            if shown >= target:
+                break
+        return [shown]
+
+    def with_budget(self, images: list[int]) -> "DCGANFamily":
+        # one grid at the end: the grids along the way cost per fit, not per image shown
+        return type(self)(**{**super().with_budget(images).cfg, "snapshots": 1})
 
     resumable = True
 

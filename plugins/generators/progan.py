@@ -42,7 +42,7 @@ from medbench.generative import ImagesShown, WeightAverage, kimg_target
 
 from . import _diffaug as diffaug
 from . import _losses
-from ._adversarial import AdversarialGenerator, adam, real_batches
+from ._adversarial import AdversarialGenerator, adam, batch_lengths, real_batches
 
 # --------------------------------------------------------------------------- layers
 
@@ -381,6 +381,28 @@ class ProGAN(AdversarialGenerator):
         kimg = _per_stage("kimg", c["kimg"], stages, self.sizes, cast=float)
         per_step = [max(2, min(self.batch_sizes[i], n)) * int(c["n_critic"]) for i in range(stages)]
         return [max(1, math.ceil(kimg[i] * 1000 / per_step[i])) for i in range(stages)]
+
+    def budget(self, n: int, image_size: int) -> list[int]:
+        """Images each stage of ``_train`` shows on n images of this size: its steps
+        (``stage_steps``), each n_critic consecutive batches of an epoch of
+        ``real_batches``, epoch after epoch."""
+        c = self.cfg
+        sizes = self.stage_sizes(image_size)
+        stages, n_critic = len(sizes), int(c["n_critic"])
+        batch_sizes = _per_stage("batch_size", c["batch_size"], stages, sizes)
+        if c["kimg"] is None:
+            epochs = _per_stage("epochs", c["epochs"], stages, sizes)
+            return [epochs[s] * sum(batch_lengths(n, batch_sizes[s])) for s in range(stages)]
+        kimg = _per_stage("kimg", c["kimg"], stages, sizes, cast=float)
+        shown = []
+        for s in range(stages):
+            lengths = batch_lengths(n, batch_sizes[s])
+            groups = [sum(lengths[k:k + n_critic]) for k in range(0, len(lengths), n_critic)]
+            per_step = max(2, min(batch_sizes[s], n)) * n_critic
+            steps = max(1, math.ceil(kimg[s] * 1000 / per_step))
+            whole, rest = divmod(steps, max(1, len(groups)))
+            shown.append(whole * sum(groups) + sum(groups[:rest]))
+        return shown
 
     def _train(self, x: torch.Tensor, y: torch.Tensor,
                progress: Callable[[str, float], None] | None) -> None:
