@@ -456,8 +456,11 @@ class Metric:
     predictions, the confusion matrix and the per-class rates worked out once) and
     returns, by ``per``: ``"set"`` one float for the whole fold (what a tuning objective
     can be); ``"class"`` one float per class; ``"pair"`` a k x k array, one value per
-    (true, predicted) pair of classes (the confusion matrix)."""
+    (true, predicted) pair of classes (the confusion matrix). ``lower_is_better``: a
+    calibration error or a loss, where smaller numbers are better (the direction of a
+    difference in the report, of a tuning objective and of ``training.selection``)."""
 
     compute: Callable[[Any], Any]
     per: str = "set"
     description: str = ""
+    lower_is_better: bool = False

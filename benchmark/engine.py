@@ -38,11 +38,11 @@ from .splits import Fold, make_folds
 from .store import safe_name
 from .suite import (ArmConfig, ClassifierConfig, LoadedSuite, TrainingConfig, resolve_data_path,
                     resolve_metadata_path)
-from .trainer import Settings, Trainer, class_weight_vector
+from .trainer import LOSS_SELECTIONS, Selection, Settings, Trainer, class_weight_vector
 
 __all__ = ["Cell", "Engine", "Prefit", "Trained", "check_feasible", "check_plugins",
-           "count_folds", "expand_cells", "load_dataset", "planned_counts", "prefit_tasks",
-           "suite_folds"]
+           "count_folds", "expand_cells", "load_dataset", "planned_counts", "positive_index",
+           "prefit_tasks", "selection_rule", "suite_folds"]
 
 
 # --------------------------------------------------------------------------- cells
@@ -238,7 +238,42 @@ def load_dataset(loaded: LoadedSuite) -> tuple[ImageSet, dict]:
     if ds.groups is not None:
         report["groups"] = group_report(ds, d.groups)
         report["groups_summary"] = group_summary(report["groups"])
+    positive = positive_index(ds, d.positive_class)
+    if positive is not None:
+        report["positive_class"] = ds.classes[positive]
     return ds, report
+
+
+def positive_index(ds: ImageSet, name: str | None) -> int | None:
+    """The positive class of a binary task: ``dataset.positive_class`` or, by default,
+    the data's minority class (the first of equal ones), so that PR-AUC, the tuned
+    threshold and the report's minority column are about the class an imbalance remedy
+    is for. None for a multi-class task; a DataError for a name the data lacks or a
+    positive class given to a multi-class task."""
+    if ds.num_classes != 2:
+        if name is not None:
+            raise DataError(f"dataset.positive_class {name!r} applies to binary tasks; this "
+                            f"data has {ds.num_classes} classes ({', '.join(ds.classes)}); "
+                            "remove it")
+        return None
+    if name is None:
+        return int(np.argmin(ds.counts()))
+    if name not in ds.classes:
+        raise DataError(f"dataset.positive_class {name!r} is not a class of the data; its "
+                        f"classes are {', '.join(map(repr, ds.classes))}")
+    return ds.classes.index(name)
+
+
+def selection_rule(name: str, classes: list[str], positive: int | None) -> Selection:
+    """The trainer's ``Selection`` for ``training.selection``: a loss, or a whole-set
+    metric plugin computed on the validation split (with the task's positive class)."""
+    if name in LOSS_SELECTIONS:
+        return Selection(name)
+    metric = metrics.registered()[name]
+
+    def score(y: np.ndarray, probs: np.ndarray) -> float:
+        return float(metric.compute(metrics.Scores(y, probs, classes, None, positive)))
+    return Selection(name, score, maximize=not metric.lower_is_better)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -277,6 +312,7 @@ class Engine:
         self.out = out
         self.progress = progress or Progress()
         self.fingerprint = ds.fingerprint()
+        self.positive = positive_index(ds, loaded.suite.dataset.positive_class)
         self.cache = Cache(cache_root(), warn=None if progress is None else progress.warn)
         self.gen_cache = GeneratorCache(self.cache)
         self.synth_cache = SyntheticCache(self.cache)
@@ -559,12 +595,15 @@ class Engine:
             progress.advance(f"{label} epoch {row['epoch']}/{row['total_epochs']}",
                              row["epoch"] / max(row["total_epochs"], 1))
 
+        # one rule for every arm: the class-weights arm weighs its training loss, never
+        # the validation measure that chooses its checkpoint
+        rule = selection_rule(tcfg.selection, self.ds.classes, self.positive)
         result = trainer.fit(model, clf.head(model), x_tr, y_tr, x_val, y_val, seed=seed,
-                             class_weights=weights, progress=epochs)
+                             class_weights=weights, selection=rule, progress=epochs)
         p_val, _ = trainer.evaluate(model, x_val)
         threshold = None
         if tcfg.threshold == "f1" and self.ds.num_classes == 2:
-            threshold = metrics.tune_threshold(y_val.numpy(), p_val)
+            threshold = metrics.tune_threshold(y_val.numpy(), p_val, self.positive)
         return Trained(arm, ccfg, info, fold, model, trainer, result, y_val.numpy(), p_val,
                        threshold, synth, wanted)
 
@@ -575,7 +614,7 @@ class Engine:
         fold)."""
         t = self.train_cell(arm_name, clf_key, seed, fold_index, progress)
         rows = metrics.compute(t.y_val, t.p_val, self.ds.classes, metrics.scalar_metrics(),
-                               t.threshold)
+                               t.threshold, self.positive)
         out = {m: v for m, c, v in rows if c == ""}
         out["val_loss"] = t.result.best_val_loss
         return out
@@ -587,9 +626,14 @@ class Engine:
         fold, result, synth, info = t.fold, t.result, t.synth, t.info
         x_te, y_te = self.real(fold, "test")
         p_te, test_loss = t.trainer.evaluate(t.model, x_te, y_te)
-        rows = metrics.compute(y_te.numpy(), p_te, self.ds.classes, s.metrics, t.threshold)
+        rows = metrics.compute(y_te.numpy(), p_te, self.ds.classes, s.metrics, t.threshold,
+                               self.positive)
         rows.append(("test_loss", "", test_loss))
+        # the plain validation loss of the chosen checkpoint, and the selection rule's
+        # value there when it is another measure (val_balanced_loss, val_macro_f1, ...)
         rows.append(("val_loss", "", result.best_val_loss))
+        if result.selection != "loss":
+            rows.append((f"val_{result.selection}", "", result.best_score))
         df = pd.DataFrame(rows, columns=["metric", "class", "value"])
         df.insert(0, "metric_order", np.arange(len(df)))
         gen_info = registry().get("generators", t.arm.generator) if t.arm.generator else None
@@ -599,6 +643,8 @@ class Engine:
             "cell_order": cell.order, "n_train_real": int((~synth).sum()),
             "n_synthetic": int(synth.sum()), "n_val": len(t.y_val), "n_test": len(y_te),
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "selection": result.selection,
+            "positive_class": "" if self.positive is None else self.ds.classes[self.positive],
             "threshold": np.nan if t.threshold is None else t.threshold,
             "train_seconds": round(result.seconds, 3),
             "train_images_per_second": round(result.images_per_second, 1),

@@ -134,10 +134,14 @@ def confusion_figures(preds: dict, data: dict, out: Path) -> list[Figure]:
 
 
 def _focus_class(data: dict, k: int, ys: list[np.ndarray]) -> int:
-    """Binary: class 1. Multi-class: the class with the fewest images in the data report
-    (the fewest test images pooled when the report lacks counts)."""
+    """Binary: the positive class of the data report (``dataset.positive_class``, by
+    default the minority class; class 1 for older reports without it). Multi-class: the
+    class with the fewest images in the data report (the fewest test images pooled when
+    the report lacks counts)."""
     if k == 2:
-        return 1
+        classes = data.get("classes") or []
+        positive = data.get("positive_class")
+        return classes.index(positive) if positive in classes else 1
     counts = data.get("counts")
     if counts and len(counts) == k:
         return int(np.argmin(counts))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from .files import atomic_text
-from .tables import DIFF_CAPTION, MCNEMAR_CAPTION, _fmt, fidelity_table, significance_tables
+from .tables import (CALIBRATION_CAPTION, DIFF_CAPTION, EFFECT_CAPTION, MCNEMAR_CAPTION, _fmt,
+                     effect_table, fidelity_table, significance_tables)
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -61,6 +62,9 @@ def significance_html(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) 
     note, diff, mc = significance_tables(sig, mcn, metrics)
     out = [f'<p class="note">{_inline(note)}</p>', f"<p>{_inline(DIFF_CAPTION)}</p>",
            table_html(diff)]
+    effects = effect_table(sig, metrics)
+    if effects is not None:
+        out += [f"<p>{_inline(EFFECT_CAPTION)}</p>", table_html(effects)]
     if mc is not None:
         out += [f"<p>{_inline(MCNEMAR_CAPTION)}</p>", table_html(mc)]
     return out
@@ -90,7 +94,8 @@ FIGURE_SECTIONS = [("confusion", "Confusion matrices"), ("curves", "ROC and prec
 def write_html(path: Path, *, title: str, head: list[str], data_line: str | None, note: str,
                table: pd.DataFrame, sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str],
                per_class: pd.DataFrame, failed: list[dict], fidelity: Path | None,
-               arms: list[str], classes: list[str], figures: list, report_dir: Path) -> Path:
+               arms: list[str], classes: list[str], figures: list, report_dir: Path,
+               calibration: pd.DataFrame | None = None) -> Path:
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -100,6 +105,9 @@ def write_html(path: Path, *, title: str, head: list[str], data_line: str | None
     if data_line:
         parts.append(f"<p>{_code(data_line)}</p>")
     parts += ["</div>", "<h2>Summary</h2>", f"<p>{_code(note)}</p>", table_html(table)]
+    if calibration is not None and not calibration.empty:
+        parts += ["<h2>Calibration</h2>", f"<p>{_inline(CALIBRATION_CAPTION)}</p>",
+                  table_html(calibration)]
     if not sig.empty:
         parts += ["<h2>Significance against <code>none</code></h2>"]
         parts += significance_html(sig, mcn, metrics)

@@ -17,21 +17,59 @@ from .hookspecs import hookimpl
 from .registry import registry
 
 
-def tune_threshold(y_val: np.ndarray, p_val: np.ndarray) -> float:
-    """Binary tasks: the probability threshold for class 1 that maximises validation F1."""
-    scores = p_val[:, 1]
+# expected calibration error: equal-width confidence bins over [0, 1] (Guo et al. 2017)
+ECE_BINS = 15
+
+
+def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, positive: int = 1) -> float:
+    """Binary tasks: the threshold on the probability of class ``positive`` that
+    maximises the validation F1 of that class."""
+    scores = p_val[:, positive]
+    truth = (np.asarray(y_val) == positive).astype(int)
     best_t, best_f1 = 0.5, -1.0
     for t in np.unique(np.concatenate([scores, [0.5]])):
-        f1 = f1_score(y_val, (scores >= t).astype(int), zero_division=0)
+        f1 = f1_score(truth, (scores >= t).astype(int), zero_division=0)
         if f1 > best_f1:
             best_t, best_f1 = float(t), f1
     return best_t
 
 
-def predict(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+def predict(probs: np.ndarray, threshold: float | None = None, positive: int = 1) -> np.ndarray:
+    """Argmax predictions; binary tasks with a ``threshold``: class ``positive`` where its
+    probability reaches the threshold, the other class elsewhere."""
     if threshold is not None and probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
+        return np.where(probs[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
     return probs.argmax(1)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the images are binned by their top probability (``bins``
+    equal-width bins over [0, 1], each bin (lo, hi]); ECE is the mean over bins,
+    weighted by their share of images, of |accuracy - mean top probability|. The label
+    is the argmax: calibration is a property of the probabilities, not of a tuned
+    threshold."""
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return float("nan")
+    conf = probs.max(1)
+    right = (probs.argmax(1) == y).astype(float)
+    # bin b holds (b/bins, (b+1)/bins]; a top probability of exactly 0 cannot happen
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    # per bin |sum(right) - sum(conf)| = |B| * |acc(B) - conf(B)|; their sum / n is ECE
+    gap = np.abs(np.bincount(which, right, bins) - np.bincount(which, conf, bins))
+    return float(gap.sum() / len(y))
+
+
+def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Multi-class Brier score (Brier 1950): the mean over images of the squared distance
+    between the probability vector and the one-hot label, from 0 (perfect) to 2. For a
+    binary task it is twice scikit-learn's ``brier_score_loss``."""
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return float("nan")
+    onehot = np.eye(probs.shape[1])[y]
+    return float(((probs.astype(float) - onehot) ** 2).sum(1).mean())
 
 
 class Scores:
@@ -42,10 +80,13 @@ class Scores:
     run over the classes present (as balanced accuracy and AUC do)."""
 
     def __init__(self, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                 threshold: float | None = None):
+                 threshold: float | None = None, positive: int | None = None):
         self.y_true, self.probs, self.classes = y_true, probs, list(classes)
         self.k = k = len(classes)
-        self.y_pred = predict(probs, threshold)
+        # binary tasks: the class PR-AUC and the threshold are about (the engine passes
+        # the data's positive class, by default its minority class; 1 when not told)
+        self.positive = (1 if positive is None else int(positive)) if k == 2 else None
+        self.y_pred = predict(probs, threshold, 1 if self.positive is None else self.positive)
         labels = np.arange(k)
         self.cm = cm = confusion_matrix(y_true, self.y_pred, labels=labels)
         n = cm.sum()
@@ -68,11 +109,11 @@ class Scores:
 
     def auc(self) -> tuple[float, float]:
         """(ROC AUC, average precision): one-vs-rest macro averages when multi-class,
-        positive class 1 when binary; NaN when a class is absent from the fold."""
+        of the positive class when binary; NaN when a class is absent from the fold."""
         if self._auc is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._auc = _auc(self.y_true, self.probs, self.k)
+                self._auc = _auc(self.y_true, self.probs, self.k, self.positive)
         return self._auc
 
 
@@ -85,7 +126,13 @@ BUILTIN = {
                               "mean precision over the classes present"),
     "macro_recall": Metric(lambda s: s.macro(s.recall), "set", "mean recall over the classes present"),
     "roc_auc": Metric(lambda s: s.auc()[0], "set", "area under the ROC curve (one-vs-rest macro)"),
-    "pr_auc": Metric(lambda s: s.auc()[1], "set", "average precision (one-vs-rest macro)"),
+    "pr_auc": Metric(lambda s: s.auc()[1], "set", "average precision (one-vs-rest macro; "
+                     "of the positive class when binary)"),
+    "ece": Metric(lambda s: expected_calibration_error(s.y_true, s.probs), "set",
+                  f"expected calibration error (top label, {ECE_BINS} equal-width bins)",
+                  lower_is_better=True),
+    "brier": Metric(lambda s: brier_score(s.y_true, s.probs), "set",
+                    "multi-class Brier score (0 to 2)", lower_is_better=True),
     "precision": Metric(lambda s: s.precision, "class", "precision of each class"),
     "recall": Metric(lambda s: s.recall, "class", "recall of each class (NaN if absent)"),
     "f1": Metric(lambda s: s.f1, "class", "F1 of each class (NaN if absent)"),
@@ -110,18 +157,26 @@ def scalar_metrics() -> list[str]:
     return [name for name, m in registered().items() if m.per == "set"]
 
 
+def lower_is_better(name: str) -> bool:
+    """Whether smaller values of a metric are better: a loss (the name ends in "loss") or
+    a metric plugin that says so (calibration errors)."""
+    metric = registered().get(name)
+    return name.endswith("loss") or bool(metric is not None and metric.lower_is_better)
+
+
 def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], wanted: list[str],
-            threshold: float | None = None) -> list[tuple[str, str, float]]:
+            threshold: float | None = None, positive: int | None = None
+            ) -> list[tuple[str, str, float]]:
     """Rows of (metric, class, value) for the wanted metrics; class is "" for whole-set
     metrics, the class name for per-class ones, "true->pred" for pair metrics. Rows come
     whole-set metrics first, then class by class, then pairs, each in registration
-    order."""
+    order. ``positive``: the positive class of a binary task (see ``Scores``)."""
     table = registered()
     unknown = [m for m in wanted if m not in table]
     if unknown:
         raise PluginError(f"unknown metric {unknown[0]!r}; available: {', '.join(table)}")
     want = set(wanted)
-    s = Scores(y_true, probs, classes, threshold)
+    s = Scores(y_true, probs, classes, threshold, positive)
     chosen = {per: [(n, m) for n, m in table.items() if n in want and m.per == per]
               for per in ("set", "class", "pair")}
     rows: list[tuple[str, str, float]] = [(n, "", float(m.compute(s))) for n, m in chosen["set"]]
@@ -137,12 +192,15 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], wanted: l
     return rows
 
 
-def _auc(y_true: np.ndarray, probs: np.ndarray, k: int) -> tuple[float, float]:
+def _auc(y_true: np.ndarray, probs: np.ndarray, k: int, positive: int | None = 1
+         ) -> tuple[float, float]:
     if len(np.unique(y_true)) < 2:
         return float("nan"), float("nan")
     if k == 2:
-        return (float(roc_auc_score(y_true, probs[:, 1])),
-                float(average_precision_score(y_true, probs[:, 1])))
+        pos = 1 if positive is None else positive
+        truth = (np.asarray(y_true) == pos).astype(int)
+        return (float(roc_auc_score(truth, probs[:, pos])),
+                float(average_precision_score(truth, probs[:, pos])))
     onehot = np.eye(k)[y_true]
     keep = onehot.sum(0) > 0          # classes present in this fold
     p = probs / probs.sum(1, keepdims=True)

@@ -19,15 +19,19 @@ from .figures import write_figures
 from .files import atomic_text
 from .html import write_html
 from .store import ResultsStore
-from .tables import (DIFF_CAPTION, MCNEMAR_CAPTION, fidelity_table, header_lines, latex_table,
-                     marked, mcnemar_table, md_table, per_class, significance,
-                     significance_tables, summarize, synthetic_only_arms, wide,
-                     with_minority_recall)
+from .tables import (CALIBRATION, CALIBRATION_CAPTION, DIFF_CAPTION, EFFECT_CAPTION,
+                     MCNEMAR_CAPTION, calibration_table, effect_table, fidelity_table,
+                     fixed_test_set, header_lines, latex_table, marked, mcnemar_table, md_table,
+                     per_class, significance, significance_tables, summarize,
+                     synthetic_only_arms, wide, with_minority_recall)
 
 
 def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
     note, diff, mc = significance_tables(sig, mcn, metrics)
     out = [note, "", DIFF_CAPTION, "", md_table(diff), ""]
+    effects = effect_table(sig, metrics)
+    if effects is not None:
+        out += [EFFECT_CAPTION, "", md_table(effects), ""]
     if mc is not None:
         out += [MCNEMAR_CAPTION, "", md_table(mc), ""]
     return out
@@ -77,8 +81,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     if "minority_recall" in metrics:
         df, minority = with_minority_recall(df, data)
     summary = summarize(df, metrics)
-    sig = significance(df, metrics)
+    sig = significance(df, metrics, fixed_test=fixed_test_set(store, df))
     mcn = mcnemar_table(store, df)
+    calibration = calibration_table(df)
     table = marked(wide(summary), sig)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -101,6 +106,10 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
     note = (f"Mean ± standard deviation over {splits} (seed, fold) run(s) on the real "
             "test fold(s); 95% confidence intervals of the means are in summary.csv." + (f" Minority recall: recall of `{minority}`, the "
                                "smallest class." if minority else ""))
+    if data.get("positive_class"):
+        # binary tasks: PR-AUC, the tuned threshold and the minority column are about it
+        note = note.replace(", the smallest class.", ", the positive class.") + (
+            f" Positive class (PR-AUC, F1-tuned threshold): `{data['positive_class']}`.")
     tstr = synthetic_only_arms(df)
     if tstr:
         note += (" Trained on synthetic images only, as many per class as the real training "
@@ -111,6 +120,8 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         if data_line:
             parts += [data_line, ""]
         parts += [note, "", md_table(table), ""]
+        if not calibration.empty:
+            parts += [CALIBRATION_CAPTION, "", md_table(calibration), ""]
         if not sig.empty:
             parts += _significance_md(sig, mcn, metrics)
         pc = per_class(df, "recall")
@@ -130,7 +141,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         written.append(p)
     if "csv" in formats:
         p = out_dir / "summary.csv"
-        csv = "# " + "\n# ".join(head) + "\n" + summary.to_csv(index=False, float_format="%.6f")
+        # the calibration metrics too, whether or not report.metrics names them
+        rows = summarize(df, metrics + [m for m in CALIBRATION if m not in metrics])
+        csv = "# " + "\n# ".join(head) + "\n" + rows.to_csv(index=False, float_format="%.6f")
         atomic_text(p, csv)
         written.append(p)
         if not sig.empty:
@@ -145,6 +158,9 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         p = out_dir / "summary.tex"
         cap = f"{manifest.get('suite')}: mean ± std over folds and seeds"
         tex = "% " + "\n% ".join(head) + "\n" + latex_table(table, cap)
+        if not calibration.empty:
+            tex += "\n" + latex_table(calibration, f"{manifest.get('suite')}: calibration "
+                                      "(ECE, Brier; lower is better), mean ± std")
         atomic_text(p, tex)
         written.append(p)
     if "html" in formats:
@@ -153,6 +169,7 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
         written.append(write_html(
             out_dir / "report.html", title=f"{manifest.get('suite')}: results", head=head,
             data_line=data_line, note=note, table=table, sig=sig, mcn=mcn, metrics=metrics,
+            calibration=calibration,
             per_class=per_class(df, "recall"), failed=store.failures(),
             fidelity=fidelity if fidelity.is_file() else None, arms=arms,
             classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir))

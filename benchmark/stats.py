@@ -28,6 +28,30 @@ What each function answers, and when to use it
     the t-test knowing its normality assumption cannot be checked on 3 numbers, or
     use ``mcnemar`` on the pooled test predictions.
 
+``corrected_ttest(a, b, test_train_ratio)``
+    The corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004 for
+    repeated k-fold): the paired t-test whose variance of the mean difference is
+    ``(1/J + n2/n1) * var(d)`` instead of ``var(d) / J``, with ``J`` runs (seed, fold),
+    ``n2`` test and ``n1`` training images per run, ``J - 1`` degrees of freedom. The
+    runs of k-fold cross-validation and of repeated random holdout share most of their
+    training images (and, over seeds, their test images), so their differences are
+    positively correlated; the plain t-test and the Wilcoxon test take them as
+    independent and are too confident. ``n2/n1`` is Nadeau and Bengio's estimate of that
+    correlation; for k-fold it is about ``1/(k-1)``.
+
+    One train/test split repeated over seeds (a dataset's own holdout split) is another
+    design: the runs differ only by seed, so there is no resampling to correct for and
+    the ratio is 0 (``fixed_test=True`` in ``compare_to_baseline``): the plain paired
+    t-test over seeds. It assumes the seeds give independent training runs, and it is
+    *conditional on the split*: it asks whether the arm beats the baseline on these test
+    images beyond seed-to-seed training noise, and says nothing about a new sample of
+    test images (McNemar's test on one seed's predictions speaks to those).
+
+``rank_biserial(a, b)``
+    The matched-pairs rank-biserial correlation (Kerby 2014), the effect size that
+    belongs to the Wilcoxon test: ``(R+ - R-) / (R+ + R-)`` over the signed ranks of the
+    non-zero differences, from -1 (the arm loses every pair) to +1 (wins every pair).
+
 ``correct(p_values, method="holm")``
     Family-wise error control when several arms are compared with the same baseline.
     Holm's step-down procedure is uniformly more powerful than Bonferroni and controls
@@ -44,7 +68,9 @@ What each function answers, and when to use it
 ``compare_to_baseline(df, metric)``
     One row per (arm, classifier): means, interval, paired test against the baseline
     on the matched (seed, fold) cells, Holm-corrected p-value over the arms compared
-    for that classifier, significance mark and direction.
+    for that classifier, significance mark and direction, and the effect sizes: the
+    mean difference with its confidence interval (from the corrected t-test's standard
+    error) and the rank-biserial correlation.
 
 ``mcnemar_to_baseline(preds)``
     McNemar against the baseline on the stored test predictions, pooled over the
@@ -102,13 +128,17 @@ MCNEMAR_NULL_PROPORTION = 0.5
 MCNEMAR_CONTINUITY = 1.0
 MCNEMAR_DF = 1
 
-PAIRED_METHODS = ("wilcoxon", "ttest")
+PAIRED_METHODS = ("wilcoxon", "ttest", "corrected_t")
 CORRECTIONS = ("holm", "bonferroni")
 KEYS = ["seed", "fold"]
 
 COMPARE_COLUMNS = ["arm", "classifier", "metric", "n_pairs", "n_dropped", "mean",
                    "mean_baseline", "mean_diff", "ci_low", "ci_high", "statistic",
-                   "p_value", "p_adjusted", "significant", "mark", "direction", "method"]
+                   "p_value", "p_adjusted", "significant", "mark", "direction", "method",
+                   "diff_ci_low", "diff_ci_high", "rank_biserial", "test_train_ratio"]
+# the per-cell sizes of the results table the corrected t-test reads: test images, and
+# the images of the training side of the split (real training part plus validation)
+SIZE_COLUMNS = ("n_test", "n_train_real", "n_val")
 MCNEMAR_COLUMNS = ["arm", "classifier", "n_cells", "n", "b", "c", "statistic", "p_value",
                    "p_adjusted", "mark", "method"]
 
@@ -158,10 +188,11 @@ def paired_test(a: Sequence[float], b: Sequence[float], method: str = "wilcoxon"
     If the differences are constant and non-zero, ``t`` is infinite and p is 0.
 
     Pairs where either value is not finite are left out. All differences zero: statistic
-    0 and p = 1. Fewer than 2 pairs: statistic and p nan.
+    0 and p = 1. Fewer than 2 pairs: statistic and p nan. (The corrected t-test needs
+    the test/train ratio: ``corrected_ttest``.)
     """
-    if method not in PAIRED_METHODS:
-        raise ValueError(f"unknown paired test {method!r}; choose one of {PAIRED_METHODS}")
+    if method not in PAIRED_METHODS[:2]:
+        raise ValueError(f"unknown paired test {method!r}; choose one of {PAIRED_METHODS[:2]}")
     xa = np.asarray(a, dtype=float).ravel()
     xb = np.asarray(b, dtype=float).ravel()
     if xa.shape != xb.shape:
@@ -190,6 +221,91 @@ def paired_test(a: Sequence[float], b: Sequence[float], method: str = "wilcoxon"
     t = mean_diff / (sd / np.sqrt(n))
     out.update(statistic=float(t), p_value=float(2.0 * sps.t.sf(abs(t), n - 1)))
     return out
+
+
+def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    xa = np.asarray(a, dtype=float).ravel()
+    xb = np.asarray(b, dtype=float).ravel()
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired samples differ in length: {xa.size} vs {xb.size}")
+    ok = np.isfinite(xa) & np.isfinite(xb)
+    return xa[ok] - xb[ok]
+
+
+def corrected_ttest(a: Sequence[float], b: Sequence[float], test_train_ratio: float,
+                    confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """The corrected resampled t-test of arm ``a`` against baseline ``b`` over ``J``
+    paired runs (Nadeau & Bengio 2003): with ``d = a - b``,
+
+        t = mean(d) / sqrt((1/J + n2/n1) * var(d)),   df = J - 1,
+
+    ``var`` with ddof=1 and ``test_train_ratio`` = ``n2/n1``, the test images over the
+    training images of a run (0 gives the plain paired t-test). Returns ``statistic``,
+    ``p_value`` (two-sided), ``df``, ``n``, ``mean_diff``, ``se`` (the corrected
+    standard error of the mean difference) and ``ci_low``/``ci_high``, the ``confidence``
+    interval ``mean(d) +- t_{(1+confidence)/2, J-1} * se``. Pairs with a non-finite side
+    are left out. Fewer than 2 pairs: NaNs. All differences equal: p = 1 when they are
+    0, else statistic +-inf and p = 0, with a zero-width interval."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
+    r = float(test_train_ratio)
+    if not (np.isfinite(r) and r >= 0.0):
+        raise ValueError(f"test_train_ratio must be a number >= 0, got {test_train_ratio!r}")
+    d = _differences(a, b)
+    n = int(d.size)
+    out: dict[str, Any] = {"statistic": np.nan, "p_value": np.nan, "df": n - 1, "n": n,
+                           "mean_diff": float(np.mean(d)) if n else np.nan, "se": np.nan,
+                           "ci_low": np.nan, "ci_high": np.nan, "method": "corrected_t",
+                           "test_train_ratio": r}
+    if n < 2:
+        return out
+    mean = out["mean_diff"]
+    var = float(np.var(d, ddof=1))
+    se = float(np.sqrt((1.0 / n + r) * var))
+    half = float(sps.t.ppf((1.0 + confidence) / 2.0, n - 1)) * se
+    out.update(se=se, ci_low=mean - half, ci_high=mean + half)
+    # equal differences up to floating-point noise (0.9 - 0.8 vs 0.8 - 0.7) vary not at all
+    if se == 0.0 or not np.any(np.round(d - d[0], DIFF_DECIMALS)):
+        out.update(se=0.0, ci_low=mean, ci_high=mean)
+        zero = round(mean, DIFF_DECIMALS) == 0.0
+        out.update(statistic=0.0 if zero else float(np.copysign(np.inf, mean)),
+                   p_value=1.0 if zero else 0.0)
+        return out
+    t = mean / se
+    out.update(statistic=float(t), p_value=float(2.0 * sps.t.sf(abs(t), n - 1)))
+    return out
+
+
+def rank_biserial(a: Sequence[float], b: Sequence[float]) -> float:
+    """The matched-pairs rank-biserial correlation of ``a - b`` (Kerby 2014):
+    ``(R+ - R-) / (R+ + R-)``, the rank sums of the positive and negative differences,
+    ranked by absolute value with ties averaged, after dropping zero differences (as the
+    Wilcoxon test does; differences rounded to ``DIFF_DECIMALS`` first). +1: the arm wins
+    every pair; 0 when every difference is zero; NaN without pairs."""
+    d = np.round(_differences(a, b), DIFF_DECIMALS)
+    if d.size == 0:
+        return np.nan
+    d = d[d != 0.0]
+    if d.size == 0:
+        return 0.0
+    ranks = sps.rankdata(np.abs(d))
+    plus, minus = float(ranks[d > 0].sum()), float(ranks[d < 0].sum())
+    return (plus - minus) / (plus + minus)
+
+
+def resampling_ratio(df: pd.DataFrame) -> float | None:
+    """``n2/n1`` of a results table's runs: the mean over its (seed, fold) cells of the
+    test images over the training side of the split (``n_train_real + n_val``: the real
+    images a run may learn from or select on). None when the table lacks those columns
+    (older results)."""
+    if not set(SIZE_COLUMNS) <= set(df.columns) or df.empty:
+        return None
+    cells = df.drop_duplicates(KEYS)
+    train = cells["n_train_real"].to_numpy(float) + cells["n_val"].to_numpy(float)
+    ok = train > 0
+    if not ok.any():
+        return None
+    return float(np.mean(cells["n_test"].to_numpy(float)[ok] / train[ok]))
 
 
 # ---------------------------------------------------------------------- multiplicity
@@ -237,8 +353,13 @@ def significance_mark(p: float) -> str:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Loss-like metrics (names ending in ``LOWER_IS_BETTER_SUFFIX``) improve downwards."""
-    return metric.endswith(LOWER_IS_BETTER_SUFFIX)
+    """Loss-like metrics (names ending in ``LOWER_IS_BETTER_SUFFIX``) and the metric
+    plugins that say so (calibration errors: ece, brier) improve downwards."""
+    if metric.endswith(LOWER_IS_BETTER_SUFFIX):
+        return True
+    from .metrics import registered      # the plugins' own word; only read here
+    found = registered().get(metric)
+    return bool(found is not None and found.lower_is_better)
 
 
 def direction(mean_diff: float, metric: str) -> str:
@@ -304,7 +425,9 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 
 def compare_to_baseline(df: pd.DataFrame, metric: str, baseline: str = BASELINE,
                         method: str = "wilcoxon", correction: str = "holm",
-                        alpha: float = DEFAULT_ALPHA, *, cls: str = "") -> pd.DataFrame:
+                        alpha: float = DEFAULT_ALPHA, *, cls: str = "",
+                        test_train_ratio: float | None = None,
+                        fixed_test: bool = False) -> pd.DataFrame:
     """Every arm against ``baseline`` on one metric, one row per (arm, classifier).
 
     ``df`` is the tidy results table (columns arm, classifier, seed, fold, metric,
@@ -321,6 +444,15 @@ def compare_to_baseline(df: pd.DataFrame, metric: str, baseline: str = BASELINE,
     (``significance_mark(p_adjusted)``); ``direction``, "better"/"worse" from the sign
     of ``mean_diff`` (lower is better for metrics ending in "loss"), whether or not it
     is significant; ``method``.
+
+    Effect sizes: ``diff_ci_low``/``diff_ci_high``, the ``1 - alpha`` interval of the mean
+    difference from the corrected t-test (see ``corrected_ttest``), and
+    ``rank_biserial`` (see ``rank_biserial``). ``test_train_ratio`` (``n2/n1``) is the
+    one given, else 0 with ``fixed_test`` (every run tests on the same images: one split
+    repeated over seeds), else read from the baseline's cells (``resampling_ratio``;
+    NaN when it lacks the size columns, and the interval is then the plain
+    paired t-interval). ``method="corrected_t"`` needs a ratio and raises ValueError
+    without one.
 
     Raises ValueError if the metric or the baseline arm is absent, or a cell appears
     twice. A classifier the baseline never ran gets rows with ``n_pairs`` 0 and NaNs.
@@ -354,6 +486,12 @@ def compare_to_baseline(df: pd.DataFrame, metric: str, baseline: str = BASELINE,
     for clf in _first_seen(sub["classifier"]):
         part = sub[sub["classifier"] == clf]
         base = part.loc[part["arm"] == baseline, [*KEYS, "value"]]
+        ratio = test_train_ratio
+        if ratio is None:
+            ratio = 0.0 if fixed_test else resampling_ratio(part[part["arm"] == baseline])
+        if ratio is None and method == "corrected_t":
+            raise ValueError("the corrected t-test needs test_train_ratio (n_test / n_train) "
+                             f"or the columns {list(SIZE_COLUMNS)} in the results table")
         block: list[dict[str, Any]] = []
         for arm in _first_seen(part["arm"]):
             if arm == baseline:
@@ -368,14 +506,17 @@ def compare_to_baseline(df: pd.DataFrame, metric: str, baseline: str = BASELINE,
             va = pairs["value"].to_numpy(float)
             vb = pairs["value_base"].to_numpy(float)
             mean, _, lo, hi, _ = mean_ci(va, confidence)
-            test = paired_test(va, vb, method)
+            corrected = corrected_ttest(va, vb, 0.0 if ratio is None else ratio, confidence)
+            test = corrected if method == "corrected_t" else paired_test(va, vb, method)
             block.append({
                 "arm": arm, "classifier": clf, "metric": metric, "n_pairs": n,
                 "n_dropped": dropped, "mean": mean,
                 "mean_baseline": float(np.mean(vb)) if n else np.nan,
                 "mean_diff": test["mean_diff"], "ci_low": lo, "ci_high": hi,
                 "statistic": test["statistic"], "p_value": test["p_value"],
-                "method": method})
+                "method": method, "diff_ci_low": corrected["ci_low"],
+                "diff_ci_high": corrected["ci_high"], "rank_biserial": rank_biserial(va, vb),
+                "test_train_ratio": np.nan if ratio is None else float(ratio)})
         adjusted = correct([r["p_value"] for r in block], correction)
         for r, p_adj in zip(block, adjusted):
             r["p_adjusted"] = float(p_adj)

@@ -24,7 +24,7 @@ from .errors import SuiteError
 from .registry import registry
 
 DEFAULT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc",
-                   "precision", "recall", "f1", "specificity", "confusion"]
+                   "ece", "brier", "precision", "recall", "f1", "specificity", "confusion"]
 REPORT_FORMATS = ("md", "csv", "latex")
 
 
@@ -68,6 +68,10 @@ class DatasetConfig(Strict):
         None, min_length=1, description="column of the metadata naming the image: its path "
                                         "under dataset.path, file name or name without the "
                                         "extension (default: the first column)")
+    positive_class: str | None = Field(
+        None, description="binary tasks: the class PR-AUC, the F1-tuned threshold and the "
+                          "report's minority column are about (default: the data's minority "
+                          "class)")
 
 
 class ProtocolConfig(Strict):
@@ -178,6 +182,22 @@ class TrainingConfig(Strict):
     cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution "
                                                     "algorithms on CUDA (false: repeatable)")
     eval_batch_size: int = Field(512, ge=1)
+    selection: str = Field(
+        "balanced_loss", description="what picks the checkpoint and stops early, the same for "
+                                     "every arm: balanced_loss (class-balanced validation "
+                                     "cross-entropy), loss (plain cross-entropy) or a whole-set "
+                                     "metric on the validation split (macro_f1, "
+                                     "balanced_accuracy, roc_auc, ...)")
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, v):
+        metrics = registry().plugins["metrics"]
+        allowed = ["balanced_loss", "loss"] + [n for n, info in metrics.items()
+                                               if info.obj.per == "set"]
+        if v not in allowed:
+            raise ValueError(f"unknown selection rule {v!r}; allowed: {', '.join(allowed)}")
+        return v
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -344,7 +364,8 @@ class Suite(Strict):
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(x) for x in first["loc"])
-                raise ValueError(f"classifier {c.key!r}: training.{where}: {first['msg']}") from None
+                msg = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"classifier {c.key!r}: training.{where}: {msg}") from None
         return self
 
     @model_validator(mode="after")

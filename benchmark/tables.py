@@ -15,22 +15,27 @@ import numpy as np
 import pandas as pd
 
 from .files import portable_path
-from .stats import compare_to_baseline, mcnemar_to_baseline, mean_ci
+from .stats import compare_to_baseline, mcnemar_to_baseline, mean_ci, resampling_ratio
 from .store import ResultsStore, safe_name
 
 LABELS = {
     "accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "macro-F1",
     "macro_precision": "macro-P", "macro_recall": "macro-R", "roc_auc": "AUC",
     "pr_auc": "PR-AUC", "test_loss": "test loss", "minority_recall": "minority recall",
+    "ece": "ECE", "brier": "Brier",
 }
+# the calibration table's metrics (lower is better), when the cells computed them
+CALIBRATION = ["ece", "brier"]
 
 
 def with_minority_recall(df: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, str | None]:
     """Add ``minority_recall`` rows: the recall of the class with the fewest images (the
-    class an imbalance remedy is for), one per cell, beside the overall metrics."""
+    class an imbalance remedy is for), one per cell, beside the overall metrics. A binary
+    task's positive class (``dataset.positive_class``, recorded in the data report) is
+    that class whether or not it is the smallest."""
     if not data.get("classes") or not data.get("counts"):
         return df, None
-    minority = data["classes"][int(np.argmin(data["counts"]))]
+    minority = data.get("positive_class") or data["classes"][int(np.argmin(data["counts"]))]
     rows = df[(df["metric"] == "recall") & (df["class"] == minority)].copy()
     if rows.empty:
         return df, None
@@ -97,15 +102,52 @@ def wide(summary: pd.DataFrame, digits: int = 4, sep: str = " ± ") -> pd.DataFr
 BASELINE = "none"
 
 
-def significance(df: pd.DataFrame, metrics: list[str], method: str = "wilcoxon") -> pd.DataFrame:
+# the test that marks the tables (see significance_tables' note for why)
+LEAD_METHOD = "corrected_t"
+
+
+def significance(df: pd.DataFrame, metrics: list[str], method: str | None = None, *,
+                 fixed_test: bool = False) -> pd.DataFrame:
     """Every arm against the `none` arm on each metric: paired test over the matched
-    (classifier, seed, fold) cells, Holm-corrected over the arms (see medbench.stats).
-    Empty when the suite has no `none` arm."""
+    (classifier, seed, fold) cells, Holm-corrected over the arms (see medbench.stats),
+    with the effect sizes. ``method`` (default ``LEAD_METHOD``, the corrected resampled
+    t-test; Wilcoxon for older results without the split sizes it needs) gives the
+    p-values and marks; the Wilcoxon test's stand beside them (``p_wilcoxon``,
+    ``p_wilcoxon_adjusted``). ``fixed_test``: every run tests on the same images (see
+    ``fixed_test_set``). Empty when the suite has no `none` arm."""
     if BASELINE not in set(df["arm"]):
         return pd.DataFrame()
+    if method is None:
+        sized = fixed_test or resampling_ratio(df[df["arm"] == BASELINE]) is not None
+        method = LEAD_METHOD if sized else "wilcoxon"
     present = set(df.loc[df["class"] == "", "metric"])
-    parts = [compare_to_baseline(df, m, BASELINE, method=method) for m in metrics if m in present]
+    parts = []
+    for m in (m for m in metrics if m in present):
+        lead = compare_to_baseline(df, m, BASELINE, method=method, fixed_test=fixed_test)
+        wil = (lead if method == "wilcoxon"
+               else compare_to_baseline(df, m, BASELINE, method="wilcoxon", fixed_test=fixed_test))
+        parts.append(lead.assign(p_wilcoxon=wil["p_value"].to_numpy(),
+                                 p_wilcoxon_adjusted=wil["p_adjusted"].to_numpy()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def fixed_test_set(store: ResultsStore, df: pd.DataFrame) -> bool:
+    """Whether every run of the `none` arm tested on the same images (one train/test
+    split repeated over seeds, e.g. a dataset's own holdout split), from the test indices
+    stored with the predictions; False with fewer than two runs or without them."""
+    seen = []
+    for row, p in cell_predictions(store, df[df["arm"] == BASELINE]):
+        if "test_index" not in p:
+            return False
+        seen.append(np.asarray(p["test_index"]))
+    return len(seen) > 1 and all(np.array_equal(seen[0], t) for t in seen[1:])
+
+
+def calibration_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std of the calibration metrics (ECE, Brier) per arm and classifier; empty
+    when the cells did not compute them."""
+    present = [m for m in CALIBRATION if m in set(df.loc[df["class"] == "", "metric"])]
+    return wide(summarize(df, present)) if present else pd.DataFrame()
 
 
 def cell_predictions(store: ResultsStore, df: pd.DataFrame):
@@ -178,22 +220,53 @@ def latex_table(t: pd.DataFrame, caption: str) -> str:
         r"\end{tabular}", r"\end{table}", ""])
 
 
+def _lead_note(sig: pd.DataFrame, n: int, arms: int) -> str:
+    """Which test marks the tables, and why."""
+    marks = (f"Holm-corrected over the {arms} arm(s) compared: * p < 0.05, ** p < 0.01, "
+             "*** p < 0.001.")
+    method = str(sig["method"].iloc[0]) if len(sig) else "wilcoxon"
+    if method != "corrected_t":
+        return (f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
+                f"matched (seed, fold) runs ({n} pairs), {marks}"
+                + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
+                   "data; read the differences and McNemar's test below." if n < 6 else ""))
+    ratio = float(np.nanmax(sig["test_train_ratio"])) if sig["test_train_ratio"].notna().any() else 0.0
+    if ratio == 0.0:
+        return (f"Marks: paired t-test of each arm against `none` over the {n} matched runs, "
+                f"{marks} Every run tests on the same images (one train/test split, the runs "
+                "differ only by seed), so there is no resampling to correct for: the test "
+                "assumes independent seeds and asks whether the arm beats `none` on these test "
+                "images beyond seed-to-seed training noise; it says nothing about other test "
+                "images (McNemar's test below uses every test image). The Wilcoxon test and "
+                "the rank-biserial correlation stand beside it.")
+    return (f"Marks: corrected resampled t-test (Nadeau & Bengio 2003) of each arm against "
+            f"`none` over the {n} matched (seed, fold) runs, {marks} It leads because the runs "
+            "share most of their training images (and, over seeds, their test images), so "
+            "their differences are not independent: it widens the variance of the mean "
+            f"difference by n_test/n_train = {ratio:.3g}, where the Wilcoxon and plain t-tests "
+            "take the runs as independent and are too confident; and unlike the Wilcoxon test "
+            "it can reach p < 0.05 with few runs. The Wilcoxon test and the rank-biserial "
+            "correlation stand beside it.")
+
+
 def significance_tables(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]):
     """What the report shows of the tests, for Markdown and HTML alike: the note on the
-    marks, the table of differences from `none` and McNemar's table (None without one)."""
+    marks (which test leads, and why), the table of differences from `none` (with the
+    interval of each mean difference) and McNemar's table (None without one)."""
     n = int(sig["n_pairs"].max()) if len(sig) else 0
     arms = sig.groupby("classifier")["arm"].nunique().max()
-    note = (f"Marks: paired Wilcoxon signed-rank test of each arm against `none` over the "
-            f"matched (seed, fold) runs ({n} pairs), Holm-corrected over the {arms} arm(s) "
-            "compared: * p < 0.05, ** p < 0.01, *** p < 0.001."
-            + (" With fewer than 6 pairs this test cannot reach p < 0.05 whatever the "
-               "data; read the differences and McNemar's test below." if n < 6 else ""))
+    note = _lead_note(sig, n, arms)
     cols = [m for m in metrics if m in set(sig["metric"])]
     rows = []
+
+    def cell(g: pd.DataFrame, m: str) -> str:
+        ci = ""
+        if "diff_ci_low" in g.columns and np.isfinite(g.at[m, "diff_ci_low"]):
+            ci = f" [{g.at[m, 'diff_ci_low']:+.4f}, {g.at[m, 'diff_ci_high']:+.4f}]"
+        return f"{g.at[m, 'mean_diff']:+.4f}{ci} (p {_p(g.at[m, 'p_adjusted'])})"
     for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
         g = g.set_index("metric")
-        rows.append([arm, clf, int(g["n_pairs"].max())]
-                    + [f"{g.at[m, 'mean_diff']:+.4f} (p {_p(g.at[m, 'p_adjusted'])})" for m in cols])
+        rows.append([arm, clf, int(g["n_pairs"].max())] + [cell(g, m) for m in cols])
     diff = pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
     mc = None
     if not mcn.empty:
@@ -206,7 +279,33 @@ def significance_tables(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]
     return note, diff, mc
 
 
-DIFF_CAPTION = "Difference from `none` (mean over pairs; Holm-adjusted Wilcoxon p):"
+def effect_table(sig: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
+    """The rank view beside the leading test: per arm and metric the matched-pairs
+    rank-biserial correlation and the Holm-adjusted Wilcoxon p; None when the table has
+    neither (older results) or the Wilcoxon test leads anyway."""
+    if sig.empty or "rank_biserial" not in sig.columns or "p_wilcoxon_adjusted" not in sig.columns \
+            or set(sig["method"]) == {"wilcoxon"}:
+        return None
+    cols = [m for m in metrics if m in set(sig["metric"])]
+    rows = []
+    for (arm, clf), g in sig.groupby(["arm", "classifier"], sort=False):
+        g = g.set_index("metric")
+        rows.append([arm, clf, int(g["n_pairs"].max())]
+                    + [(f"{g.at[m, 'rank_biserial']:+.2f}" if np.isfinite(g.at[m, "rank_biserial"])
+                        else "n/a") + f" (p {_p(g.at[m, 'p_wilcoxon_adjusted'])})" for m in cols])
+    return pd.DataFrame(rows, columns=["arm", "classifier", "pairs"] + [LABELS.get(m, m) for m in cols])
+
+
+DIFF_CAPTION = ("Difference from `none` (mean over pairs [95% interval of the mean difference, "
+                "corrected for overlapping runs as the marks' test is]; Holm-adjusted p of "
+                "the test that marks the table):")
+EFFECT_CAPTION = ("Rank effect size: matched-pairs rank-biserial correlation of the pairs "
+                  "(+1: the arm beats `none` in every run, -1: in none), with the Holm-adjusted "
+                  "Wilcoxon signed-rank p (which takes the runs as independent):")
+CALIBRATION_CAPTION = ("Calibration on the real test fold(s), mean ± std over runs (lower is "
+                       "better): ECE, the expected calibration error of the top-label "
+                       "probability in 15 equal-width bins; Brier, the multi-class Brier score "
+                       "(0 to 2).")
 MCNEMAR_CAPTION = ("McNemar's test against `none` on the test predictions pooled over runs "
                    "(exact binomial below 25 discordant images, else chi-square with continuity "
                    "correction; pooling seeds repeats each test image, so read these p-values "

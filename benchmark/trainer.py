@@ -1,9 +1,11 @@
 """The one trainer every classifier goes through.
 
 Data stays a uint8 tensor on the device; each batch is converted to float, normalised
-and augmented there, in batched tensor ops (no per-image Python). The checkpoint with
-the lowest validation loss is restored at the end; early stopping, LR schedules,
-freeze-then-fine-tune stages and class-weighted loss are settings.
+and augmented there, in batched tensor ops (no per-image Python). One selection rule
+(``training.selection``, see ``Selection``) picks the checkpoint restored at the end,
+drives early stopping and the plateau schedule, the same for every arm of a suite;
+LR schedules, freeze-then-fine-tune stages and class-weighted training loss are
+settings.
 
 The GPU path (CUDA only; on a CPU or MPS device these settings change nothing, so CPU
 results do not depend on them): mixed precision (``amp``: bf16, or fp16 with a gradient
@@ -67,11 +69,67 @@ class Settings:
                    float(get("momentum")), int(get("batch_size")), cfg)
 
 
+LOSS_SELECTIONS = ("balanced_loss", "loss")
+
+
+def balanced_mean(losses: torch.Tensor, y: torch.Tensor) -> float:
+    """The mean over the classes present in ``y`` of each class's mean of ``losses``:
+    class-balanced cross-entropy when ``losses`` are per-image cross-entropies. Every
+    class weighs the same whatever its size, so a model that gives up a small class
+    scores as badly as the class is bad, not as the class is rare."""
+    if len(y) == 0:
+        return float("nan")
+    counts = torch.bincount(y)
+    sums = torch.bincount(y, weights=losses.double(), minlength=len(counts))
+    present = counts > 0
+    return float((sums[present] / counts[present]).mean())
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The one rule that picks the checkpoint and stops early, the same for every arm.
+
+    ``balanced_loss`` (the default): class-balanced validation cross-entropy (see
+    ``balanced_mean``). ``loss``: plain validation cross-entropy, which on an imbalanced
+    validation split rewards the majority class, and so works against every arm that
+    re-balances. A metric name (``macro_f1``, ``balanced_accuracy``, ``roc_auc``, ...):
+    ``score(y_val, probs_val)`` computes it (predictions are the argmax, before any
+    threshold tuning: the threshold is tuned on the checkpoint this rule chose), and
+    ``maximize`` says which way is better. The validation loss is never weighted by the
+    training class weights of an arm: every arm is selected by the same measure."""
+
+    name: str = "balanced_loss"
+    score: Callable[[np.ndarray, np.ndarray], float] | None = None
+    maximize: bool = False
+
+    def __post_init__(self):
+        if self.name not in LOSS_SELECTIONS and self.score is None:
+            raise TrainingError(f"training.selection {self.name!r} is a metric; the trainer "
+                                "needs its score function (Selection(name, score, maximize))")
+
+    def value(self, y: torch.Tensor, probs: np.ndarray, losses: torch.Tensor) -> float:
+        """The rule's value on the validation split (``losses``: per-image cross-entropy)."""
+        if self.name == "loss":
+            return float(losses.double().mean()) if len(losses) else float("nan")
+        if self.name == "balanced_loss":
+            return balanced_mean(losses, y)
+        return float(self.score(y.numpy(), probs))
+
+    def better(self, value: float, best: float, min_delta: float = 0.0) -> bool:
+        """Whether ``value`` improves on ``best`` by more than ``min_delta``."""
+        if not math.isfinite(best):
+            return math.isfinite(value)
+        return value > best + min_delta if self.maximize else value < best - min_delta
+
+
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
+    # plain (unweighted) validation cross-entropy of the chosen checkpoint, for every arm
     best_val_loss: float = math.inf
+    selection: str = "balanced_loss"      # the rule that chose it (``Selection.name``)
+    best_score: float = math.nan          # the rule's value at the chosen checkpoint
     epochs_run: int = 0
     seconds: float = 0.0
     images_seen: int = 0
@@ -248,27 +306,47 @@ class Trainer:
         return model(x)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
-                 weight: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
-        """Softmax probabilities (N x K) and mean cross-entropy (nan without labels)."""
+    def _predict(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Softmax probabilities (N x K) and, with labels, each image's cross-entropy
+        (computed from the logits, so a confident mistake is not lost to rounding)."""
         model.eval()
-        probs, total = [], 0.0
+        probs, losses = [], []
         for idx in batches(len(x), self.s.cfg.eval_batch_size, None):
             with _autocast(self.device, self.amp_dtype):
                 logits = self._forward(model, self._prep(x[idx])).float()
             if y is not None:
-                total += F.cross_entropy(logits, y[idx].to(self.device), weight=weight,
-                                         reduction="sum").item()
+                losses.append(F.cross_entropy(logits, y[idx].to(self.device),
+                                              reduction="none").cpu())
             probs.append(torch.softmax(logits, 1).cpu())
         p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
-        return p, (total / max(len(x), 1)) if y is not None else float("nan")
+        if y is None:
+            return p, None
+        return p, torch.cat(losses) if losses else torch.zeros(0)
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+        """Softmax probabilities (N x K) and mean cross-entropy (nan without labels),
+        weighted by ``weight[class]`` as ``F.cross_entropy`` weighs when given."""
+        p, losses = self._predict(model, x, y)
+        if losses is None:
+            return p, float("nan")
+        if weight is None:
+            return p, float(losses.double().mean()) if len(losses) else float("nan")
+        w = weight.cpu().double()[y.cpu()]
+        return p, float((losses.double() * w).sum() / w.sum())
 
     def fit(self, model: nn.Module, head: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
             x_val: torch.Tensor, y_val: torch.Tensor, *, seed: int,
-            class_weights: torch.Tensor | None = None,
+            class_weights: torch.Tensor | None = None, selection: Selection | None = None,
             progress: Callable[[dict], None] | None = None) -> TrainResult:
+        """Train ``model`` and restore the checkpoint ``selection`` (default: the suite's
+        ``training.selection``, which must then be a loss) finds best on the validation
+        split. ``class_weights`` weigh the training loss only."""
         cfg = self.s.cfg
+        rule = selection if selection is not None else Selection(cfg.selection)
         dev = self.device
+        y_val_cpu = y_val.cpu()
         model.to(dev)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -284,7 +362,7 @@ class Trainer:
         augmenting = any(bool(v) for v in cfg.augment.model_dump().values())
         stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
         head_params = {id(p) for p in head.parameters()}
-        res = TrainResult()
+        res = TrainResult(selection=rule.name)
         best_state = None
         start = time.perf_counter()
         total_epochs = sum(st.epochs for st in stages)
@@ -296,7 +374,7 @@ class Trainer:
             opt = _make_optimizer(params, self.s, stage.lr or self.s.lr)
             sched = _make_schedule(opt, cfg, stage.epochs)
             since_best = 0
-            stage_best = math.inf
+            stage_best = math.nan
             # a frozen backbone's batch norms keep their (pretrained) running statistics,
             # as Keras' `trainable = False` does: they run in eval mode in this stage
             frozen_norms = [m for m in model.modules()
@@ -336,21 +414,28 @@ class Trainer:
                     running += loss_value * len(idx)
                     seen += len(idx)
                 res.images_seen += seen
-                _, val_loss = self.evaluate(model, x_val, y_val, weight)
+                p_val, val_losses = self._predict(model, x_val, y_val)
+                val_loss = float(val_losses.double().mean()) if len(val_losses) else math.nan
                 if not math.isfinite(val_loss):
                     raise TrainingError(f"validation loss became {val_loss} at epoch {epoch_no + 1}")
+                score = rule.value(y_val_cpu, p_val, val_losses)
                 if sched is not None:
-                    sched.step(val_loss) if cfg.schedule == "plateau" else sched.step()
+                    # the plateau schedule watches the selection rule too (it minimises)
+                    watched = -score if rule.maximize else score
+                    sched.step(watched) if cfg.schedule == "plateau" else sched.step()
                 epoch_no += 1
                 row = {"epoch": epoch_no, "stage": si, "train_loss": running / max(seen, 1),
-                       "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]}
+                       "val_loss": val_loss, "val_score": score, "lr": opt.param_groups[0]["lr"]}
                 res.history.append(row)
-                if val_loss < res.best_val_loss:
-                    res.best_val_loss, res.best_epoch = val_loss, epoch_no
+                # a NaN score (AUC on a validation split missing a class) never wins, but
+                # the first epoch is kept so that some checkpoint is always restored
+                if best_state is None or rule.better(score, res.best_score):
+                    res.best_score, res.best_epoch = score, epoch_no
+                    res.best_val_loss = val_loss
                     best_state = copy.deepcopy(model.state_dict())
                 es = cfg.early_stopping
-                if val_loss < stage_best - (es.min_delta if es else 0.0):
-                    stage_best, since_best = val_loss, 0
+                if rule.better(score, stage_best, es.min_delta if es else 0.0):
+                    stage_best, since_best = score, 0
                 else:
                     since_best += 1
                 if progress is not None:

@@ -33,7 +33,7 @@ from . import __version__
 from .engine import Engine, check_feasible, check_plugins, count_folds, load_dataset
 from .errors import MedbenchError, PluginError, ResultsError, SuiteError
 from .files import atomic_text
-from .metrics import scalar_metrics
+from .metrics import lower_is_better, scalar_metrics
 from .plotting import pyplot, save_figure
 from .progress import ConsoleProgress
 from .registry import registry
@@ -123,7 +123,8 @@ def objective_direction(suite: Suite) -> tuple[str, str]:
     if t.objective != "val_loss" and t.objective not in scalar:
         raise SuiteError(f"tuning.objective {t.objective!r} is not known; use val_loss or one "
                          f"of {', '.join(scalar)}")
-    return t.objective, t.direction or ("minimize" if t.objective == "val_loss" else "maximize")
+    # a loss or a calibration error (ece, brier) is minimised, any other metric maximised
+    return t.objective, t.direction or ("minimize" if lower_is_better(t.objective) else "maximize")
 
 
 def check_tuning(loaded: LoadedSuite) -> SearchSpace:

@@ -138,6 +138,11 @@ def test_failed_cells_exit_1_with_each_reason_once(tmp_path, monkeypatch):
     # a class too small for the validation split of a holdout
     ({"options": {"counts": [60, 24, 3], "seed": 1, "splits": False}},
      {"kind": "holdout", "test_fraction": 0.5}, None, "validation split"),
+    # a positive class the data lacks, and one given to a multi-class task
+    ({"options": {"counts": [60, 24], "seed": 1}, "positive_class": "covid"},
+     {"kind": "kfold", "folds": 3}, None, "dataset.positive_class 'covid' is not a class"),
+    ({"positive_class": "covid"}, {"kind": "kfold", "folds": 3}, None,
+     "dataset.positive_class 'covid' applies to binary tasks"),
     # a class too small for its generator (dcgan needs 2 training images per class)
     ({"options": {"counts": [60, 24, 4], "seed": 1}, "min_per_class": 1},
      {"kind": "kfold", "folds": 2, "val_fraction": 0.3},
@@ -200,6 +205,26 @@ def test_zero_budgets_and_sizes_a_generator_cannot_take_are_refused_by_validate(
         suite[k] = {**suite[k], **v} if isinstance(v, dict) else v
     err = refused(["validate", str(dump(tmp_path / "s.yaml", suite))])
     assert expected in err, err
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"training": {"selection": "recall"}},
+     "field `training.selection` = \"recall\": unknown selection rule 'recall'; allowed: "
+     "balanced_loss, loss, accuracy"),
+    ({"training": {"selection": "val_loss"}}, "unknown selection rule 'val_loss'"),
+    ({"classifiers": [{"name": "smallcnn", "training": {"selection": "f1"}}]},
+     "classifier 'smallcnn': training.selection: unknown selection rule 'f1'"),
+    ({"dataset": {"loader": "phantom", "positive_class": 1}}, "dataset.positive_class"),
+])
+def test_a_selection_rule_or_positive_class_of_the_wrong_kind_is_refused_by_validate(
+        tmp_path, change, expected):
+    suite = quick()
+    for k, v in change.items():
+        suite[k] = {**suite[k], **v} if isinstance(v, dict) else v
+    path = dump(tmp_path / "s.yaml", suite)
+    assert expected in refused(["validate", str(path)])
+    out = tmp_path / "out"
+    assert expected in refused(["run", str(path), "--out", str(out)], out)
 
 
 # --------------------------------------------------------------------------- nothing written

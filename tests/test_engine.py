@@ -5,15 +5,18 @@ import os
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score,
+                             brier_score_loss, f1_score, precision_recall_curve, recall_score,
+                             roc_auc_score)
 
 from medbench import injection, metrics
 from medbench.data import ImageSet
 from medbench.errors import DataError, SuiteError, TrainingError
-from medbench.engine import Engine
+from medbench.engine import Engine, positive_index, selection_rule
 from medbench.splits import make_folds
 from medbench.suite import TrainingConfig, load_suite
-from medbench.trainer import Settings, Trainer, augment_batch, batches, class_weight_vector
+from medbench.trainer import (Selection, Settings, Trainer, augment_batch, balanced_mean,
+                              batches, class_weight_vector)
 
 from conftest import tiny_suite
 
@@ -101,6 +104,77 @@ def test_threshold_tuning_improves_val_f1():
     t = metrics.tune_threshold(y, p)
     assert f1_score(y, (score >= t).astype(int)) >= f1_score(y, (score >= 0.5).astype(int))
     assert t < 0.5
+
+
+def _binary_scores(seed=2, n=400, share=0.25):
+    """Labels where class 0 is the minority (as PneumoniaMNIST's normal class is) and
+    informative, imperfect probabilities."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) >= share).astype(int)               # 1 is the majority
+    p1 = np.clip(0.55 + 0.25 * (2 * y - 1) + rng.normal(0, 0.2, n), 0.01, 0.99)
+    return y, np.stack([1 - p1, p1], 1)
+
+
+def test_positive_class_drives_pr_auc_and_the_threshold():
+    y, p = _binary_scores()
+    classes = ["normal", "pneumonia"]
+    for pos in (0, 1):
+        rows = dict(((m, c), v) for m, c, v in metrics.compute(
+            y, p, classes, ["pr_auc", "roc_auc"], positive=pos))
+        assert rows[("pr_auc", "")] == pytest.approx(
+            average_precision_score(y, p[:, pos], pos_label=pos))
+        assert rows[("roc_auc", "")] == pytest.approx(roc_auc_score(y, p[:, 1]))
+    # the two classes give different PR-AUCs: which one is asked for matters
+    assert average_precision_score(y, p[:, 0], pos_label=0) != pytest.approx(
+        average_precision_score(y, p[:, 1], pos_label=1), abs=1e-3)
+    # the threshold maximises the F1 of the positive class: scikit-learn's precision-
+    # recall curve of that class, with pos_label, has no threshold with a higher F1
+    for pos in (0, 1):
+        t = metrics.tune_threshold(y, p, positive=pos)
+        pred = metrics.predict(p, t, positive=pos)
+        assert set(pred[p[:, pos] >= t]) == {pos} and pos not in set(pred[p[:, pos] < t])
+        best = f1_score(y, pred, pos_label=pos)
+        prec, rec, _ = precision_recall_curve(y, p[:, pos], pos_label=pos)
+        f1s = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(prec), where=prec + rec > 0)
+        assert best == pytest.approx(f1s.max())
+        rows = dict(((m, c), v) for m, c, v in metrics.compute(
+            y, p, classes, ["f1"], threshold=t, positive=pos))
+        assert rows[("f1", classes[pos])] == pytest.approx(best)
+
+
+def test_positive_class_defaults_to_the_minority_and_is_checked():
+    ds = _imageset([30, 10])
+    assert positive_index(ds, None) == 1 and positive_index(ds, "c0") == 0
+    assert positive_index(_imageset([5, 9]), None) == 0
+    assert positive_index(_imageset([5, 9, 3]), None) is None
+    with pytest.raises(DataError, match="not a class of the data"):
+        positive_index(ds, "c7")
+    with pytest.raises(DataError, match="applies to binary tasks"):
+        positive_index(_imageset([5, 9, 3]), "c0")
+
+
+def test_calibration_ece_and_brier_by_hand_and_against_sklearn():
+    # top probabilities 0.9, 0.9, 0.6, 0.6 (bins (0.867, 0.933] and (0.533, 0.6]) with
+    # one of each pair right: ECE = 0.5 * |0.5 - 0.9| + 0.5 * |0.5 - 0.6| = 0.25
+    p = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 0])
+    assert metrics.expected_calibration_error(y, p) == pytest.approx(0.25)
+    # Brier: (0.1^2 * 2) + (0.9^2 * 2) + (0.4^2 * 2) + (0.6^2 * 2), over 4 images
+    assert metrics.brier_score(y, p) == pytest.approx((0.02 + 1.62 + 0.32 + 0.72) / 4)
+    yb, pb = _binary_scores()
+    assert metrics.brier_score(yb, pb) == pytest.approx(2 * brier_score_loss(yb, pb[:, 1]))
+    # a perfectly calibrated predictor in expectation: small ECE; a confident wrong one: ~1
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 20000)
+    right = rng.random(20000) < conf
+    pc = np.stack([conf, 1 - conf], 1)
+    assert metrics.expected_calibration_error(np.where(right, 0, 1), pc) < 0.02
+    assert metrics.expected_calibration_error(np.ones(10, int), np.tile([0.99, 0.01], (10, 1))) \
+        == pytest.approx(0.99)
+    rows = {m: v for m, _, v in metrics.compute(y, p, ["a", "b"], ["ece", "brier"])}
+    assert rows == pytest.approx({"ece": 0.25, "brier": (0.02 + 1.62 + 0.32 + 0.72) / 4})
+    assert metrics.lower_is_better("ece") and metrics.lower_is_better("brier")
+    assert metrics.lower_is_better("test_loss") and not metrics.lower_is_better("macro_f1")
 
 
 # ------------------------------------------------------------------ splits
@@ -223,6 +297,75 @@ def test_frozen_backbone_stage_changes_only_the_head():
     after = model.state_dict()
     assert torch.equal(before["body.1.weight"], after["body.1.weight"])
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_balanced_mean_weighs_every_class_alike():
+    losses = torch.tensor([1.0, 1.0, 1.0, 4.0, 0.5, 0.5])
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    assert balanced_mean(losses, y) == pytest.approx((1.0 + 4.0 + 0.5) / 3)
+    # a class absent from the split does not count
+    assert balanced_mean(torch.tensor([2.0, 1.0]), torch.tensor([0, 2])) == pytest.approx(1.5)
+
+
+def _imbalanced(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 255, (n, 1, 2, 2), dtype=torch.uint8, generator=g)
+    y = ((x.float().mean((1, 2, 3)) > 150) | (torch.rand(n, generator=g) < 0.1)).long()
+    return x, y
+
+
+@pytest.mark.parametrize("rule", ["balanced_loss", "loss", "macro_f1"])
+def test_the_selection_rule_chooses_the_checkpoint_and_ignores_class_weights(rule):
+    x, y = _imbalanced()
+    xv, yv = _imbalanced(seed=1)
+    sel = selection_rule(rule, ["a", "b"], 1)
+    for weights in (None, class_weight_vector(y, 2)):
+        torch.manual_seed(0)
+        model = _Net(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        trainer = Trainer(_settings(epochs=6, selection=rule), torch.device("cpu"), "half", 1)
+        res = trainer.fit(model, model.head, x, y, xv, yv, seed=0, class_weights=weights,
+                          selection=sel)
+        scores = [h["val_score"] for h in res.history]
+        best = (int(np.argmax(scores)) if sel.maximize else int(np.argmin(scores))) + 1
+        assert res.selection == rule and res.best_epoch == best
+        assert res.best_score == pytest.approx(scores[best - 1])
+        # the restored model is the chosen checkpoint, measured without the arm's weights
+        probs, loss = trainer.evaluate(model, xv, yv)
+        _, losses = trainer._predict(model, xv, yv)
+        assert res.best_val_loss == pytest.approx(loss)
+        assert res.best_score == pytest.approx(sel.value(yv, probs, losses))
+        if rule == "balanced_loss":     # cross-entropy weighted by 1 / (validation count)
+            w = 1.0 / torch.bincount(yv, minlength=2).float()
+            _, weighted = trainer.evaluate(model, xv, yv, weight=w)
+            assert res.best_score == pytest.approx(weighted, rel=1e-5)
+
+
+def test_selection_is_validated_and_metric_rules_need_a_score():
+    assert TrainingConfig().selection == "balanced_loss"
+    assert TrainingConfig(selection="roc_auc").selection == "roc_auc"
+    with pytest.raises(ValueError, match="unknown selection rule 'recall'"):
+        TrainingConfig(selection="recall")            # a per-class metric: no one number
+    with pytest.raises(TrainingError, match="score function"):
+        Selection("macro_f1")
+    assert selection_rule("ece", ["a", "b"], 1).maximize is False
+    assert selection_rule("balanced_accuracy", ["a", "b"], 1).maximize is True
+
+
+def test_every_arm_of_a_suite_is_selected_by_the_same_recorded_rule(write_suite):
+    from medbench.engine import Cell, load_dataset
+    suite = tiny_suite(arms=[{"name": "none"}, {"name": "class-weights", "class_weights": True},
+                             {"name": "oversample", "generator": "oversample"}],
+                       protocol={"kind": "kfold", "folds": 3, "seeds": [0], "max_folds": 1})
+    suite["training"] = {**suite["training"], "epochs": 1}
+    loaded = load_suite(write_suite(suite))
+    ds, report = load_dataset(loaded)
+    assert "positive_class" not in report                  # 3 classes: no positive one
+    engine = Engine(loaded, ds, torch.device("cpu"))
+    frames = [engine.run_cell(Cell(i, arm, "smallcnn", 0, 0))[0]
+              for i, arm in enumerate(("none", "class-weights", "oversample"))]
+    assert [set(f["selection"]) for f in frames] == [{"balanced_loss"}] * 3
+    for f in frames:
+        assert {"val_loss", "val_balanced_loss", "ece", "brier"} <= set(f["metric"])
 
 
 def test_class_weights_are_inverse_frequency():

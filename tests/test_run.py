@@ -107,16 +107,22 @@ def test_report_writes_tables_and_regenerates_identically(write_suite, tmp_path)
     assert "| oversample | smallcnn | 3 |" in md and "±" in md
     assert re.search(r"device cpu, \d+ torch thread\(s\) per cell\.$", md.splitlines()[3])
     assert r"\toprule" in (rep / "summary.tex").read_text()
-    # significance against `none`: the paired test over the 3 folds and McNemar on the
-    # pooled test predictions, the same numbers as medbench.stats gives on the results
-    assert "Marks: paired Wilcoxon" in md and "McNemar's test against `none`" in md
+    # significance against `none`: the corrected resampled t-test over the 3 folds leads,
+    # the Wilcoxon test and McNemar on the pooled test predictions beside it, the same
+    # numbers as medbench.stats gives on the results
+    assert "Marks: corrected resampled t-test" in md and "McNemar's test against `none`" in md
+    assert "Rank effect size" in md and "Calibration on the real test fold(s)" in md
     sig = pd.read_csv(rep / "significance.csv", comment="#", nrows=4)
     from medbench.stats import compare_to_baseline
     df = pd.read_parquet(out / "results.parquet")
-    want = compare_to_baseline(df, "accuracy")
+    want = compare_to_baseline(df, "accuracy", method="corrected_t")
     got = sig[(sig.metric == "accuracy") & (sig.arm == "oversample")]
     assert got.p_adjusted.iloc[0] == pytest.approx(want.p_adjusted.iloc[0], rel=1e-5)
+    assert got.p_wilcoxon_adjusted.iloc[0] == pytest.approx(
+        compare_to_baseline(df, "accuracy").p_adjusted.iloc[0], rel=1e-5)
     assert got.n_pairs.iloc[0] == 3
+    # every cell was selected by the same rule, recorded in its rows
+    assert set(df.selection) == {"balanced_loss"}
     # figures (PNG and PDF) and report.html come with the tables by default
     assert (rep / "report.html").is_file()
     assert {p.name for p in (rep / "figures").iterdir()} >= {

@@ -262,12 +262,93 @@ def test_compare_to_baseline_ttest_marks_and_loss_direction():
                                np.minimum(1, 2 * bonf["p_value"]), atol=TOL)
 
 
+# ---------------------------------------------------------------------- corrected t-test
+def test_corrected_ttest_hand_worked():
+    # J = 5 runs (5-fold CV), d = 0.02 0.04 0.03 0.05 0.01, n2/n1 = 1/4:
+    # mean 0.03; var(d, ddof=1) = (1 + 1 + 0 + 4 + 4)e-4 / 4 = 2.5e-4;
+    # se = sqrt((1/5 + 1/4) * 2.5e-4) = sqrt(1.125e-4) = 0.0075 * sqrt(2);
+    # t = 0.03 / se = 2 * sqrt(2) = 2.8284, df = 4, two-sided p = 0.04742
+    # (the plain paired t-test: se = sqrt(2.5e-4 / 5) = 0.005 * sqrt(2), t = 3 * sqrt(2))
+    d = np.array([2, 4, 3, 5, 1]) / 100
+    base = np.array([0.70, 0.72, 0.69, 0.71, 0.73])
+    out = stats.corrected_ttest(base + d, base, 0.25)
+    assert out["n"] == 5 and out["df"] == 4
+    assert out["mean_diff"] == pytest.approx(0.03, abs=TOL)
+    assert out["se"] == pytest.approx(0.0075 * np.sqrt(2), abs=TOL)
+    assert out["statistic"] == pytest.approx(2 * np.sqrt(2), rel=1e-9)
+    assert out["p_value"] == pytest.approx(0.047421, abs=1e-6)
+    assert out["p_value"] == pytest.approx(2 * sps.t.sf(2 * np.sqrt(2), 4), rel=1e-9)
+    half = 2.776445105 * 0.0075 * np.sqrt(2)             # t_{0.975, 4} * se
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((0.03 - half, 0.03 + half), rel=1e-8)
+    plain = stats.corrected_ttest(base + d, base, 0.0)
+    assert plain["statistic"] == pytest.approx(3 * np.sqrt(2), rel=1e-9)
+    ref = sps.ttest_rel(base + d, base)
+    assert plain["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert out["p_value"] > plain["p_value"]           # the correction is more cautious
+
+
+def test_corrected_ttest_degenerate_cases():
+    assert np.isnan(stats.corrected_ttest([0.8], [0.7], 0.25)["p_value"])
+    same = stats.corrected_ttest([0.8, 0.7], [0.8, 0.7], 0.25)
+    assert (same["statistic"], same["p_value"]) == (0.0, 1.0)
+    const = stats.corrected_ttest([0.9, 0.8], [0.8, 0.7], 0.25)
+    assert const["statistic"] == np.inf and const["p_value"] == 0.0
+    with pytest.raises(ValueError, match="test_train_ratio"):
+        stats.corrected_ttest([0.9, 0.8], [0.8, 0.7], -1)
+
+
+def test_rank_biserial_hand_worked():
+    # d = 2 -1 4 3 7 2 -1 5 (in 64ths): |d| ranks 1.5 1.5 (the -1s) 3.5 3.5 5 6 7 8;
+    # R- = 3, R+ = 33: r = (33 - 3) / 36 = 5/6; Wilcoxon's statistic is min(R+, R-) = 3
+    assert stats.rank_biserial(A, B) == pytest.approx(5 / 6, abs=TOL)
+    assert stats.paired_test(A, B)["statistic"] == 3.0
+    assert stats.rank_biserial(B, A) == pytest.approx(-5 / 6, abs=TOL)
+    # zeros are dropped: d = 2 0 2 3 6 2 -1 5 -> ranks of 2 2 3 6 2 1 5: R- = 1, R+ = 27
+    assert stats.rank_biserial(C, D) == pytest.approx(26 / 28, abs=TOL)
+    assert stats.rank_biserial([0.5, 0.6], [0.5, 0.6]) == 0.0
+    assert np.isnan(stats.rank_biserial([], []))
+
+
+def sized(df: pd.DataFrame, n_test=20, n_train=70, n_val=10) -> pd.DataFrame:
+    return df.assign(n_test=n_test, n_train_real=n_train, n_val=n_val)
+
+
+def test_compare_to_baseline_corrected_t_reads_the_split_sizes():
+    df = sized(tidy())                                 # n2/n1 = 20 / (70 + 10) = 0.25
+    out = stats.compare_to_baseline(df, "accuracy", method="corrected_t")
+    assert list(out.columns) == stats.COMPARE_COLUMNS
+    smote = out.iloc[0]
+    want = stats.corrected_ttest(np.add(BASE, UP), BASE, 0.25)
+    assert smote["test_train_ratio"] == 0.25 and smote["method"] == "corrected_t"
+    assert smote["p_value"] == pytest.approx(want["p_value"], abs=TOL)
+    assert (smote["diff_ci_low"], smote["diff_ci_high"]) == pytest.approx(
+        (want["ci_low"], want["ci_high"]), abs=TOL)
+    assert smote["rank_biserial"] == 1.0 and smote["mark"] == "***"
+    # one split repeated over seeds: no resampling to correct for, the plain t-test
+    fixed = stats.compare_to_baseline(df, "accuracy", method="corrected_t", fixed_test=True)
+    plain = stats.compare_to_baseline(df, "accuracy", method="ttest")
+    np.testing.assert_allclose(fixed["p_value"], plain["p_value"], atol=TOL)
+    assert list(fixed["test_train_ratio"]) == [0.0, 0.0]
+    # the Wilcoxon rows carry the same effect sizes
+    wil = stats.compare_to_baseline(df, "accuracy")
+    np.testing.assert_allclose(wil["diff_ci_low"], out["diff_ci_low"], atol=TOL)
+    # without sizes and without a ratio, the corrected test cannot be made
+    with pytest.raises(ValueError, match="test_train_ratio"):
+        stats.compare_to_baseline(tidy(), "accuracy", method="corrected_t")
+    given = stats.compare_to_baseline(tidy(), "accuracy", method="corrected_t",
+                                      test_train_ratio=0.25)
+    np.testing.assert_allclose(given["p_value"], out["p_value"], atol=TOL)
+    assert np.isnan(stats.compare_to_baseline(tidy(), "accuracy")["test_train_ratio"]).all()
+
+
 def test_direction():
     assert stats.direction(0.01, "accuracy") == "better"
     assert stats.direction(-0.01, "accuracy") == "worse"
     assert stats.direction(-0.01, "test_loss") == "better"
     assert stats.direction(0.01, "test_loss") == "worse"
     assert stats.direction(1e-17, "accuracy") == stats.direction(np.nan, "macro_f1") == ""
+    # calibration errors are lower-is-better metric plugins
+    assert stats.direction(-0.01, "ece") == stats.direction(-0.01, "brier") == "better"
 
 
 def test_significance_marks():

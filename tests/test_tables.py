@@ -116,6 +116,68 @@ def test_minority_recall_is_the_recall_of_the_smallest_class():
     assert tables.with_minority_recall(df, {}) == (df, None)
 
 
+def test_minority_column_follows_the_positive_class_of_a_binary_task():
+    df = _results()
+    data = {"classes": ["a", "b"], "counts": [9, 4], "positive_class": "a"}
+    out, minority = tables.with_minority_recall(df, data)
+    assert minority == "a"
+    assert np.allclose(out.loc[out["metric"] == "minority_recall", "value"], [0.5] * 4)
+
+
+def _sized_results(seeds=3, folds=3, fixed=False) -> pd.DataFrame:
+    """none and gan over seeds x folds, accuracy, ECE and the split sizes; gan better by
+    0.02 to 0.04 in every run."""
+    rng = np.random.default_rng(0)
+    rows, order = [], 0
+    for seed in range(seeds):
+        for fold in range(folds):
+            base = 0.7 + rng.normal(0, 0.02)
+            for arm, acc in (("none", base), ("gan", base + rng.uniform(0.02, 0.04))):
+                for metric, value in (("accuracy", acc), ("ece", 1 - acc)):
+                    rows.append({"arm": arm, "classifier": "cnn", "seed": seed, "fold": fold,
+                                 "metric": metric, "class": "", "value": value,
+                                 "cell_order": order, "n_test": 30, "n_train_real": 54,
+                                 "n_val": 6})
+                order += 1
+    return pd.DataFrame(rows)
+
+
+def test_the_corrected_t_test_leads_and_the_report_says_why():
+    from medbench import stats
+    df = _sized_results()
+    sig = tables.significance(df, ["accuracy"])
+    row = sig.iloc[0]
+    assert row["method"] == "corrected_t" and row["test_train_ratio"] == 0.5
+    want = stats.compare_to_baseline(df, "accuracy", method="corrected_t")
+    assert row["p_adjusted"] == want["p_adjusted"].iloc[0]
+    assert row["p_wilcoxon"] == stats.compare_to_baseline(df, "accuracy")["p_value"].iloc[0]
+    note, diff, _ = tables.significance_tables(sig, pd.DataFrame(), ["accuracy"])
+    assert note.startswith("Marks: corrected resampled t-test") and "n_test/n_train = 0.5" in note
+    assert "[" in diff["ACC"].iloc[0] and f"p {tables._p(row['p_adjusted'])}" in diff["ACC"].iloc[0]
+    effects = tables.effect_table(sig, ["accuracy"])
+    assert effects["ACC"].iloc[0].startswith("+1.00 (p ")
+    # one split repeated over seeds: the plain t-test over seeds, said to be conditional
+    fixed = tables.significance(_sized_results(folds=1), ["accuracy"], fixed_test=True)
+    assert fixed["test_train_ratio"].iloc[0] == 0.0
+    note, _, _ = tables.significance_tables(fixed, pd.DataFrame(), ["accuracy"])
+    assert "same images" in note and "seed-to-seed" in note
+    # older results without the split sizes: Wilcoxon leads, as before
+    old = tables.significance(df.drop(columns=["n_test"]), ["accuracy"])
+    assert set(old["method"]) == {"wilcoxon"}
+    assert tables.significance_tables(old, pd.DataFrame(), ["accuracy"])[0].startswith(
+        "Marks: paired Wilcoxon")
+    assert tables.effect_table(old, ["accuracy"]) is None
+
+
+def test_calibration_table_and_lower_is_better_direction():
+    df = _sized_results()
+    cal = tables.calibration_table(df)
+    assert list(cal.columns) == ["arm", "classifier", "runs", "ECE"]
+    assert tables.calibration_table(_results()).empty
+    sig = tables.significance(df, ["ece"])
+    assert list(sig["direction"]) == ["better"]         # a smaller ECE is an improvement
+
+
 def test_fidelity_table_means_over_runs_in_arm_and_class_order(tmp_path):
     path = tmp_path / "fidelity.csv"
     path.write_text("# made by a test\n"
