@@ -564,7 +564,6 @@ class Engine:
         """Train one classifier on the arm's training set of a fold (real images plus the
         arm's synthetic ones), selecting the checkpoint on the fold's real validation
         split. Nothing here reads the test images."""
-        s = self.s
         progress = progress or self.progress
         arm = self.arm(arm_name)
         ccfg = self.classifier(clf_key)

@@ -6,7 +6,6 @@ display's time left from the plan."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
