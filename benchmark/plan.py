@@ -371,10 +371,11 @@ def _put_seconds(plan: Plan, loaded: LoadedSuite, fits: dict[str, FitPlan],
                      + (c.n_val + c.n_test) * rate["eval"] + rate["cell"])
     for order, key, n in draws:
         rate = cal["generators"].get(fits[key].generator)
-        if rate is not None:
+        if rate is not None and by_order[order].seconds is not None:
             by_order[order].seconds += n * rate["sample"]
     for f in fits.values():
-        if f.state == "todo" and f.cell is not None and f.seconds is not None:
+        if (f.state == "todo" and f.cell is not None and f.seconds is not None
+                and by_order[f.cell].seconds is not None):
             by_order[f.cell].seconds += f.seconds
 
 
