@@ -155,6 +155,11 @@ class StageConfig(Strict):
 class EarlyStopping(Strict):
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
+    # Keras' name: epochs of warm-up before the selection rule is watched. A class-
+    # balanced loss often rises while a net learns the majority class first; without a
+    # warm-up, a short patience then stops at an untrained checkpoint.
+    start_from_epoch: int = Field(0, ge=0, description="epochs before the selection rule "
+                                  "is watched (no checkpoint is chosen, no patience spent)")
 
 
 class TrainingConfig(Strict):

@@ -364,6 +364,7 @@ class Trainer:
         head_params = {id(p) for p in head.parameters()}
         res = TrainResult(selection=rule.name)
         best_state = None
+        watched_best = math.nan           # the best score since the warm-up
         start = time.perf_counter()
         total_epochs = sum(st.epochs for st in stages)
         epoch_no = 0
@@ -428,16 +429,22 @@ class Trainer:
                        "val_loss": val_loss, "val_score": score, "lr": opt.param_groups[0]["lr"]}
                 res.history.append(row)
                 # a NaN score (AUC on a validation split missing a class) never wins, but
-                # the first epoch is kept so that some checkpoint is always restored
-                if best_state is None or rule.better(score, res.best_score):
+                # the first epoch is kept so that some checkpoint is always restored. In
+                # the warm-up epochs (early_stopping.start_from_epoch) the latest epoch is
+                # kept and no patience is spent; the rule watches from the epoch after.
+                es = cfg.early_stopping
+                warming = es is not None and epoch_no <= es.start_from_epoch
+                if warming or best_state is None or rule.better(score, watched_best):
                     res.best_score, res.best_epoch = score, epoch_no
                     res.best_val_loss = val_loss
                     best_state = copy.deepcopy(model.state_dict())
-                es = cfg.early_stopping
-                if rule.better(score, stage_best, es.min_delta if es else 0.0):
-                    stage_best, since_best = score, 0
-                else:
-                    since_best += 1
+                    if not warming:
+                        watched_best = score
+                if not warming:
+                    if rule.better(score, stage_best, es.min_delta if es else 0.0):
+                        stage_best, since_best = score, 0
+                    else:
+                        since_best += 1
                 if progress is not None:
                     progress({**row, "total_epochs": total_epochs})
                 if es is not None and since_best >= es.patience:

@@ -340,6 +340,31 @@ def test_the_selection_rule_chooses_the_checkpoint_and_ignores_class_weights(rul
             assert res.best_score == pytest.approx(weighted, rel=1e-5)
 
 
+def test_the_warm_up_chooses_no_checkpoint_and_spends_no_patience():
+    # a rule whose value per epoch is scripted (lower is better): the warm-up's epoch 1
+    # is the best of all, as a class-balanced loss can be before a net learns anything
+    values = [0.1, 0.9, 0.8, 0.7, 0.6, 0.65, 0.5, 0.4]
+    x, y = _imbalanced()
+
+    def fit(early_stopping, epochs=8):
+        script = iter(values)
+        sel = Selection("scripted", lambda yv, probs: next(script), maximize=False)
+        model = _Net(torch.nn.Linear(4, 2))
+        trainer = Trainer(_settings(epochs=epochs, early_stopping=early_stopping),
+                          torch.device("cpu"), "half", 1)
+        return trainer.fit(model, model.head, x, y, x, y, seed=0, selection=sel)
+
+    assert fit(None).best_epoch == 1
+    assert (fit({"patience": 1}).epochs_run, fit({"patience": 1}).best_epoch) == (2, 1)
+    res = fit({"patience": 100, "start_from_epoch": 3})
+    assert (res.epochs_run, res.best_epoch, res.best_score) == (8, 8, 0.4)
+    # patience counts from epoch 4: 0.7, 0.6 (best), 0.65 (no better: stop)
+    res = fit({"patience": 1, "start_from_epoch": 3})
+    assert (res.epochs_run, res.best_epoch, res.best_score) == (6, 5, 0.6)
+    # a run no longer than its warm-up restores its last epoch
+    assert fit({"patience": 1, "start_from_epoch": 5}, epochs=4).best_epoch == 4
+
+
 def test_selection_is_validated_and_metric_rules_need_a_score():
     assert TrainingConfig().selection == "balanced_loss"
     assert TrainingConfig(selection="roc_auc").selection == "roc_auc"

@@ -47,6 +47,15 @@ SETTINGS = {
                                           "fmaps_max": 64}),
     "progan-ema99-wide-long": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
                                                "fmaps_max": 64, "kimg": [10, 20, 60]}),
+    # the cpu profile's ProGAN (64, 32, 16 maps) against a last stage of 32 maps, and
+    # against more of the 60 kimg spent at 28 px
+    "progan-cpu": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64}),
+    "progan-late": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
+                                    "kimg": [5, 15, 40]}),
+    "progan-min32": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
+                                     "fmaps_min": 32}),
+    "progan-min32-late": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
+                                          "fmaps_max": 64, "fmaps_min": 32, "kimg": [5, 15, 40]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 
