@@ -56,6 +56,12 @@ SETTINGS = {
                                      "fmaps_min": 32}),
     "progan-min32-late": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
                                           "fmaps_max": 64, "fmaps_min": 32, "kimg": [5, 15, 40]}),
+    # twice the maps again: 128, 64, 32 (DCGAN width 32's)
+    "progan-128": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 256, "fmaps_max": 128}),
+    # the last stage twice as long in images, at twice the batch: as many steps as the cpu
+    # profile's
+    "progan-long-b32": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
+                                        "kimg": [10, 20, 60], "batch_size": [16, 16, 32]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 

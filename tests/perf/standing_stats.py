@@ -6,7 +6,7 @@ weights of the last steps) and with statistics re-estimated for the weights it s
 with (``NeuralGenerator._standing_stats``, what a fit now does at its end), each
 measured as `medbench fidelity` measures. Not collected by pytest; run as
 
-    MEDBENCH_DATA=../shared/data python tests/perf/standing_stats.py [--since ISO-DATE]
+    MEDBENCH_DATA=../shared/data python tests/perf/standing_stats.py [--since ISO-DATE] [--only cgan ...]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--since", default="", help="only entries created at or after this ISO time")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=sorted(FAMILIES), help="generator names")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(os.environ.get("MEDBENCH_DATA", "../shared/data"))
@@ -44,7 +45,7 @@ def main() -> None:
     for side in sorted((cache_root() / "generators").glob("*/*.json")):
         meta = json.loads(side.read_text())
         cfg = meta.get("config", {})
-        if cfg.get("generator") not in FAMILIES or meta.get("created", "") < args.since:
+        if cfg.get("generator") not in args.only or meta.get("created", "") < args.since:
             continue
         if cfg.get("class") not in (None, 0):
             continue
