@@ -365,6 +365,8 @@ class Trainer:
         res = TrainResult(selection=rule.name)
         best_state = None
         watched_best = math.nan           # the best score since the warm-up
+        es = cfg.early_stopping
+        warm_up = es.start_from_epoch if es is not None else 0
         start = time.perf_counter()
         total_epochs = sum(st.epochs for st in stages)
         epoch_no = 0
@@ -432,8 +434,7 @@ class Trainer:
                 # the first epoch is kept so that some checkpoint is always restored. In
                 # the warm-up epochs (early_stopping.start_from_epoch) the latest epoch is
                 # kept and no patience is spent; the rule watches from the epoch after.
-                es = cfg.early_stopping
-                warming = es is not None and epoch_no <= es.start_from_epoch
+                warming = epoch_no <= warm_up
                 if warming or best_state is None or rule.better(score, watched_best):
                     res.best_score, res.best_epoch = score, epoch_no
                     res.best_val_loss = val_loss

@@ -355,7 +355,8 @@ def test_the_warm_up_chooses_no_checkpoint_and_spends_no_patience():
         return trainer.fit(model, model.head, x, y, x, y, seed=0, selection=sel)
 
     assert fit(None).best_epoch == 1
-    assert (fit({"patience": 1}).epochs_run, fit({"patience": 1}).best_epoch) == (2, 1)
+    res = fit({"patience": 1})
+    assert (res.epochs_run, res.best_epoch) == (2, 1)
     res = fit({"patience": 100, "start_from_epoch": 3})
     assert (res.epochs_run, res.best_epoch, res.best_score) == (8, 8, 0.4)
     # patience counts from epoch 4: 0.7, 0.6 (best), 0.65 (no better: stop)

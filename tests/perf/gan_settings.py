@@ -31,6 +31,7 @@ SEED_003 = {"g_lr": 5e-4, "d_lr": 1e-3, "betas": [0.0, 0.9], "n_critic": 2}
 SEED_001 = {"g_lr": 2e-4, "d_lr": 2e-4, "betas": [0.5, 0.999], "n_critic": 1}
 PROGAN = {"kimg": [10, 20, 30], "batch_size": 16, "fmaps_base": 64, "fmaps_max": 32,
           "diffaug": False}
+PROGAN_CPU = {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64}   # the cpu profile's
 SETTINGS = {
     # the cpu profile before and after: D at twice G's rate, two D steps per G step ...
     "dcgan-fast-d": (dcgan.DCGAN, {**CPU, **SEED_003, "kimg": 60}),
@@ -47,21 +48,15 @@ SETTINGS = {
                                           "fmaps_max": 64}),
     "progan-ema99-wide-long": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
                                                "fmaps_max": 64, "kimg": [10, 20, 60]}),
-    # the cpu profile's ProGAN (64, 32, 16 maps) against a last stage of 32 maps, and
-    # against more of the 60 kimg spent at 28 px
-    "progan-cpu": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64}),
-    "progan-late": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
-                                    "kimg": [5, 15, 40]}),
-    "progan-min32": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
-                                     "fmaps_min": 32}),
-    "progan-min32-late": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128,
-                                          "fmaps_max": 64, "fmaps_min": 32, "kimg": [5, 15, 40]}),
+    # against the cpu profile's ProGAN (progan-ema99-wide): more of the 60 kimg spent at
+    # 28 px, with 16 or 32 maps there
+    "progan-late": (progan.ProGAN, {**PROGAN_CPU, "kimg": [5, 15, 40]}),
+    "progan-min32-late": (progan.ProGAN, {**PROGAN_CPU, "fmaps_min": 32, "kimg": [5, 15, 40]}),
     # twice the maps again: 128, 64, 32 (DCGAN width 32's)
-    "progan-128": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 256, "fmaps_max": 128}),
-    # the last stage twice as long in images, at twice the batch: as many steps as the cpu
-    # profile's
-    "progan-long-b32": (progan.ProGAN, {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64,
-                                        "kimg": [10, 20, 60], "batch_size": [16, 16, 32]}),
+    "progan-128": (progan.ProGAN, {**PROGAN_CPU, "fmaps_base": 256, "fmaps_max": 128}),
+    # the last stage twice as long in images, at twice the batch: as many steps
+    "progan-long-b32": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60],
+                                        "batch_size": [16, 16, 32]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 
