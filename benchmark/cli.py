@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MedbenchError, Terminated
+from .errors import MedbenchError, SuiteError, Terminated
 
 
 class MedbenchGroup(click.Group):
@@ -67,6 +67,17 @@ def _how_args(executor: str = "local", jobs: int = 1, threads: int | None = None
     return [*(("--executor", executor) if executor != "local" else ()),
             *(("--jobs", jobs) if jobs > 1 else ()), *(("--threads", threads) if threads else ()),
             *(("--device", device) if device else ())]
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """A comma-separated list of integers, or a one-line error naming the option."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SuiteError(f"{option} takes integers separated by commas, not {text!r}") from None
+    if not values:
+        raise SuiteError(f"{option} names no value")
+    return list(dict.fromkeys(values))
 
 
 def _command_line(*args, data: bool = True) -> str:
@@ -359,9 +370,14 @@ def _exit_on_failures(failed: dict[str, list[str]], out: Path) -> None:
 @click.option("--storage", default=None,
               help="Optuna storage URL (sqlite:///study.db, postgresql://...) that several "
                    "processes or machines share.")
+@click.option("--seeds", default=None, metavar="S,S,...",
+              help="Optimizer seeds, comma-separated: one study per optimizer and seed, at "
+                   "the same budget (default: tuning.seed). A seed other than tuning.seed "
+                   "studies in OUT/tune/<optimizer>-seed<S>; several optimizers and seeds "
+                   "are compared head to head in OUT/tune/comparison.md.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the suite's, auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet):
+def tune(suite, optimizer, budget, seconds, profile, out, storage, seeds, device, quiet):
     """Tune the suite's subject (learning rate, dropout, SIIR, ...) on validation splits;
     a killed study resumes without re-running finished trials."""
     from .space import Budget
@@ -374,24 +390,28 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, device, quiet
         raise MedbenchError("--storage is Optuna's: use it with --optimizer optuna")
     b = Budget(trials=budget if budget is not None else t.budget.trials,
                seconds=seconds if seconds is not None else t.budget.seconds)
+    seed_list = _int_list(seeds, "--seeds") if seeds else [t.seed]
     out = out or _default_out(loaded, profile)
     for name in names:
-        args = ["tune", suite, *(("--profile", profile) if profile else ()), "--optimizer", name,
-                *(("--budget", budget) if budget else ()), *(("--time", seconds) if seconds else ()),
-                *(("--storage", storage) if storage else ()), *_how_args(device=device)]
-        res = tune_suite(loaded, name, b, out, storage=storage, device=device, quiet=quiet,
-                         command=_command_line(*args))
-        if res.best is None:
-            click.echo(f"{name}: no trial succeeded; see {res.folder / 'trials.jsonl'}")
-            continue
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in res.best["params"].items())
-        click.echo(f"{name}: {len(res.records)} trial(s) ({res.new_trials} trained now, "
-                   f"{res.replayed} from the journal); best {t.objective} "
-                   f"{res.best['value']:.4f} with {shown}")
-        click.echo(f"  {res.folder / 'best.json'}, trials.csv, convergence.png; train with it: "
-                   f"medbench run {suite}{' --profile ' + profile if profile else ''} "
-                   f"--use-tuned {name}")
+        for seed in seed_list:
+            args = ["tune", suite, *(("--profile", profile) if profile else ()), "--optimizer", name,
+                    *(("--budget", budget) if budget else ()), *(("--time", seconds) if seconds else ()),
+                    *(("--storage", storage) if storage else ()),
+                    *(("--seeds", str(seed)) if seed != t.seed else ()), *_how_args(device=device)]
+            res = tune_suite(loaded, name, b, out, storage=storage, device=device, quiet=quiet,
+                             command=_command_line(*args), seed=seed)
+            study = res.folder.name
+            if res.best is None:
+                click.echo(f"{study}: no trial succeeded; see {res.folder / 'trials.jsonl'}")
+                continue
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in res.best["params"].items())
+            click.echo(f"{study}: {len(res.records)} trial(s) ({res.new_trials} trained now, "
+                       f"{res.replayed} from the journal); best {t.objective} "
+                       f"{res.best['value']:.4f} with {shown}")
+            click.echo(f"  {res.folder / 'best.json'}, trials.csv, convergence.png; train with it: "
+                       f"medbench run {suite}{' --profile ' + profile if profile else ''} "
+                       f"--use-tuned {study}")
 
 
 @cli.command()

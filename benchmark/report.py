@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .figures import write_figures
-from .files import atomic_text
+from .files import atomic_text, portable_path
 from .html import write_html
 from .store import ResultsStore
 from .tables import (CALIBRATION, CALIBRATION_CAPTION, DIFF_CAPTION, EFFECT_CAPTION,
@@ -24,6 +24,7 @@ from .tables import (CALIBRATION, CALIBRATION_CAPTION, DIFF_CAPTION, EFFECT_CAPT
                      fixed_test_set, header_lines, latex_table, marked, mcnemar_table, md_table,
                      per_class, significance, significance_tables, summarize,
                      synthetic_only_arms, wide, with_minority_recall)
+from .tune_report import write_comparison
 
 
 def _significance_md(sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str]) -> list[str]:
@@ -173,6 +174,13 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
             per_class=per_class(df, "recall"), failed=store.failures(),
             fidelity=fidelity if fidelity.is_file() else None, arms=arms,
             classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir))
+    # the optimizers head to head, when the folder holds studies of several (medbench tune)
+    if (results_dir / "tune").is_dir():
+        made = write_comparison(results_dir / "tune", out_dir / "tune", results=results_dir,
+                                metrics=metrics, report_command=f"medbench report "
+                                                                 f"{portable_path(results_dir)}")
+        if made is not None:
+            written.append(made)
     return written
 
 

@@ -41,6 +41,7 @@ from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
 from .store import FolderLock
 from .suite import LoadedSuite, Suite, format_validation_error
 from .trainer import pick_device
+from .tune_report import write_comparison
 
 # parameter names a suite may search without spelling out where they live
 ALIASES = {
@@ -229,29 +230,36 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def study_name(loaded: LoadedSuite, optimizer: str, seed: int | None) -> str:
+    """The study's folder under ``tune/``: the optimizer's name at the suite's
+    ``tuning.seed``, ``<optimizer>-seed<S>`` at another seed (so that several seeds of
+    one optimizer sit side by side and ``--use-tuned <optimizer>-seed<S>`` finds one)."""
+    return optimizer if seed is None or seed == loaded.suite.tuning.seed else f"{optimizer}-seed{seed}"
+
+
 def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *,
                storage: str | None = None, device: str | None = None, quiet: bool = False,
-               command: str | None = None) -> TuneResult:
-    """Run (or resume) the study of one optimizer in ``out/tune/<optimizer>``. Nothing
-    is written there before the suite and the data are accepted, and one process at a
-    time writes a study (``FolderLock``), unless it is an Optuna study in a ``storage``
-    that several processes share by design."""
+               command: str | None = None, seed: int | None = None) -> TuneResult:
+    """Run (or resume) the study of one optimizer and seed (default ``tuning.seed``) in
+    ``out/tune/<study_name>``. Nothing is written there before the suite and the data are
+    accepted, and one process at a time writes a study (``FolderLock``), unless it is an
+    Optuna study in a ``storage`` that several processes share by design."""
     check_plugins(loaded)
     check_tuning(loaded)
     registry().get("optimizers", optimizer)
-    lock = FolderLock(Path(out) / "tune" / optimizer, command)
+    lock = FolderLock(Path(out) / "tune" / study_name(loaded, optimizer, seed), command)
     if storage is None:
         lock.check()
     ds, _ = load_dataset(loaded)
     check_feasible(loaded, ds)
     with lock if storage is None else contextlib.nullcontext():
         return _tune_accepted(loaded, optimizer, budget, out, ds, storage=storage,
-                              device=device, quiet=quiet, command=command)
+                              device=device, quiet=quiet, command=command, seed=seed)
 
 
 def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, ds, *,
                    storage: str | None, device: str | None, quiet: bool,
-                   command: str | None) -> TuneResult:
+                   command: str | None, seed: int | None) -> TuneResult:
     check_plugins(loaded)
     space = check_tuning(loaded)
     s = loaded.suite
@@ -266,17 +274,18 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     objective, direction = objective_direction(s)
     arm, clf = subject_of(s)
     splits = evaluation_splits(loaded)
+    seed = s.tuning.seed if seed is None else int(seed)
     config = {
         "suite": s.name, "suite_hash": loaded.hash, "profile": loaded.profile,
         "subject": {"arm": arm, "classifier": clf}, "space": s.tuning.space,
         "objective": objective, "direction": direction, "splits": splits,
-        "optimizer": optimizer, "optimizer_params": opt_params, "seed": s.tuning.seed,
+        "optimizer": optimizer, "optimizer_params": opt_params, "seed": seed,
     }
-    folder = Path(out) / "tune" / optimizer
+    folder = Path(out) / "tune" / study_name(loaded, optimizer, seed)
     journal = Journal(folder, config)
     memo = {params_key(r["params"]): r for r in journal.records()}
     dev = pick_device(device or s.device)
-    progress = ConsoleProgress(budget.trials, f"tune {s.name} ({optimizer})", quiet)
+    progress = ConsoleProgress(budget.trials, f"tune {s.name} ({folder.name})", quiet)
     engine = Engine(loaded, ds, dev, out=None, progress=progress)
     counters = {"new": 0, "replayed": 0}
     seen: list[dict] = []
@@ -314,7 +323,7 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     returned: list[dict] = []
     try:
         try:
-            returned = opt.minimize(budgeted, space, budget, seed=s.tuning.seed) or []
+            returned = opt.minimize(budgeted, space, budget, seed=seed) or []
         except BudgetExhausted:
             pass
         for note in opt.notes:
@@ -336,7 +345,7 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
              for t in shared]).to_csv(index=False))
     summary = {
         "suite": s.name, "profile": loaded.profile, "command": command, "optimizer": optimizer,
-        "optimizer_params": opt_params, "plan": plan, "seed": s.tuning.seed,
+        "optimizer_params": opt_params, "plan": plan, "seed": seed,
         "budget": {"trials": budget.trials, "seconds": budget.seconds},
         "subject": {"arm": arm, "classifier": clf}, "objective": objective,
         "direction": direction, "splits": splits, "trials": len(seen),
@@ -350,8 +359,9 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     write_history(folder, seen, objective)
     # the order this run's optimizer visited the trials in (the journal may hold more)
     atomic_text(folder / "order.json", json.dumps([params_key(r["params"]) for r in seen]))
-    plot_convergence(folder / "convergence.png", {optimizer: seen}, objective, direction)
-    write_comparison(Path(out) / "tune", objective, direction)
+    plot_convergence(folder / "convergence.png", {folder.name: seen}, objective, direction)
+    # with studies of other optimizers or seeds beside it: the head-to-head table and figure
+    write_comparison(Path(out) / "tune")
     return TuneResult(folder, seen, best, counters["new"], counters["replayed"])
 
 
@@ -416,29 +426,6 @@ def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
     save_figure(fig, path.with_suffix(""), formats=("png",))
 
 
-def write_comparison(tune_dir: Path, objective: str, direction: str) -> None:
-    """When a results folder holds studies of several optimizers with the same objective,
-    one table and one convergence figure side by side."""
-    studies: dict[str, list[dict]] = {}
-    rows = []
-    for best_path in sorted(tune_dir.glob("*/best.json")):
-        best = json.loads(best_path.read_text())
-        if best.get("objective") != objective:
-            continue
-        by_key = {params_key(r["params"]): r for r in read_journal(best_path.parent / "trials.jsonl")}
-        order = json.loads((best_path.parent / "order.json").read_text())
-        studies[best["optimizer"]] = [by_key[k] for k in order if k in by_key]
-        rows.append(f"| {best['optimizer']} | {best['trials']} | {best['value']:.4f} | "
-                    f"{_fmt_params(best['params'])} | {best['seconds']:.0f} |")
-    if len(studies) < 2:
-        return
-    plot_convergence(tune_dir / "convergence.png", studies, objective, direction)
-    text = "\n".join([f"# Tuning: {direction} {objective} on the validation split", "",
-                      "| optimizer | trials | best | parameters | seconds |",
-                      "|---|---|---|---|---|", *rows, ""])
-    atomic_text(tune_dir / "comparison.md", text)
-
-
 # --------------------------------------------------------------------------- use
 
 def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[dict, Path]:
@@ -451,9 +438,11 @@ def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[di
     else:
         p = results_root / "tune" / spec / "best.json"
     if not p.is_file():
+        opt, _, seed = spec.partition("-seed")
         raise ResultsError(f"no tuned parameters at {p}; run `medbench tune {loaded.path.name}"
                            + (f" --profile {loaded.profile}" if loaded.profile else "")
-                           + f" --optimizer {spec}` first, or give the path of a best.json")
+                           + f" --optimizer {opt}" + (f" --seeds {seed}" if seed else "")
+                           + "` first, or give the path of a best.json")
     try:
         best = json.loads(p.read_text())
         params = best["params"]

@@ -1,0 +1,97 @@
+"""The optimizers head to head: `medbench tune --seeds`, the comparison of studies at
+equal budget (best so far against trials, over seeds), and the tuned runs' test results
+beside the untuned run in `medbench report`."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from medbench.cli import cli
+from medbench.tune_report import Study, load_studies, summary_table
+
+from conftest import tiny_suite
+
+SPACE = {"lr": {"low": 1e-4, "high": 3e-3, "log": True}, "dropout": {"low": 0.05, "high": 0.25}}
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _study(values, direction="minimize", optimizer="x", seed=0):
+    return Study(name=f"{optimizer}-seed{seed}", optimizer=optimizer, seed=seed, objective="v",
+                 direction=direction, values=values, seconds=1.0, best={})
+
+
+def test_best_so_far_keeps_the_best_value_and_skips_failed_trials():
+    nan = math.nan
+    np.testing.assert_array_equal(_study([nan, 3.0, 4.0, 2.0, nan, 2.5]).best_so_far(),
+                                  [nan, 3.0, 3.0, 2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(_study([0.5, 0.4, 0.9], "maximize").best_so_far(),
+                                  [0.5, 0.5, 0.9])
+
+
+def test_summary_groups_the_seeds_of_each_optimizer():
+    studies = [_study([3.0, 2.0, 1.0], optimizer="a", seed=0),
+               _study([3.0, 1.0, 1.0], optimizer="a", seed=1),
+               _study([5.0, 4.0, 4.0], optimizer="b", seed=0)]
+    t = summary_table(studies).set_index("optimizer")
+    assert t.loc["a", "seeds"] == "0,1" and t.loc["b", "seeds"] == "0"
+    assert t.loc["a", "final_mean"] == 1.0 and t.loc["a", "final_sd"] == 0.0
+    # the mean of the best-so-far curves: (3+2+1)/3 and (3+1+1)/3, averaged
+    assert math.isclose(t.loc["a", "mean_best_so_far"], (2.0 + 5 / 3) / 2)
+    # the first trial within 1% of each study's own final best: 3 and 2
+    assert t.loc["a", "trials_to_1pct"] == 2.5 and t.loc["b", "trials_to_1pct"] == 2
+
+
+def test_tune_with_seeds_compares_optimizers_and_reports_tuned_test_results(write_suite, tmp_path):
+    # one holdout split: its validation images are tested on by no split
+    suite = tiny_suite(protocol={"kind": "holdout", "seeds": [0]})
+    suite["tuning"] = {"space": SPACE, "budget": {"trials": 3}}
+    path = write_suite(suite)
+    out = tmp_path / "res"
+    r = _invoke("tune", path, "--optimizer", "random,optuna", "--seeds", "0,1", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    tune = out / "tune"
+    assert sorted(p.name for p in tune.iterdir() if p.is_dir()) == [
+        "optuna", "optuna-seed1", "random", "random-seed1"]
+    # another seed is another study: other parameters, its seed recorded
+    first = [json.loads(line)["params"] for line in (tune / "random" / "trials.jsonl").open()]
+    other = [json.loads(line)["params"] for line in (tune / "random-seed1" / "trials.jsonl").open()]
+    assert first != other
+    assert json.loads((tune / "random-seed1" / "best.json").read_text())["seed"] == 1
+    assert "--seeds 1" in json.loads((tune / "random-seed1" / "best.json").read_text())["command"]
+    studies = load_studies(tune)
+    assert sorted((s.optimizer, s.seed) for s in studies) == [
+        ("optuna", 0), ("optuna", 1), ("random", 0), ("random", 1)]
+    table = pd.read_csv(tune / "comparison.csv")
+    assert sorted(table.optimizer) == ["optuna", "random"] and set(table.seeds) == {"0,1"}
+    curves = pd.read_csv(tune / "best_so_far.csv")
+    for _, g in curves.groupby("study"):
+        assert len(g) == 3 and (np.diff(g.best_so_far.to_numpy()) <= 1e-12).all()
+    assert (tune / "convergence.png").stat().st_size > 1000
+
+    # the final protocol untuned and with one study's parameters, then the report
+    assert _invoke("run", path, "--out", out, "-q").exit_code == 0
+    r = _invoke("run", path, "--use-tuned", tune / "random-seed1" / "best.json", "--out",
+                out.with_name("res-tuned-random-seed1"), "-q")
+    assert r.exit_code == 0, r.output
+    report = tmp_path / "report"
+    r = _invoke("report", out, "--out", report)
+    assert r.exit_code == 0, r.output
+    page = (report / "tune" / "comparison.md").read_text()
+    assert "| optuna | 0,1 | 3 |" in page and "| random | 0,1 | 3 |" in page
+    tested = pd.read_csv(report / "tune" / "tuned_test.csv")
+    assert list(dict.fromkeys(tested.parameters)) == ["untuned", "random-seed1"]
+    assert "Made by: `medbench tune" in page and "random-seed1/best.json" in page
+
+
+def test_bad_seeds_are_one_line_and_exit_2(write_suite, tmp_path):
+    suite = tiny_suite()
+    suite["tuning"] = {"space": SPACE, "budget": {"trials": 2}}
+    r = _invoke("tune", write_suite(suite), "--seeds", "0,x", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--seeds takes integers" in r.output
+    assert not (tmp_path / "o").exists()
