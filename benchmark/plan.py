@@ -22,6 +22,7 @@ Early stopping can only end a cell sooner: the plan counts every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -51,6 +52,7 @@ FAR_SECONDS = 7 * 86400
 TIMINGS_VERSION = 1
 PROBE_STEPS = 3          # training steps a calibration times per generator phase
 CAL_IMAGES = 64          # random images a generator is calibrated on
+STANDING_PROBE = 4       # batch-norm re-estimation batches of a calibration fit (see below)
 
 
 @dataclass
@@ -524,20 +526,47 @@ def _time_generator(info, params: dict, size: int, channels: int, num_classes: i
         t_sample = _timed(lambda: fitted[0].sample(0, CAL_IMAGES), dev)
         return {"phases": [], "overhead": 0.0, "fit": t_fit / CAL_IMAGES,
                 "sample": t_sample / CAL_IMAGES}
-    one = gen.with_budget([1] * len(phases))
-    step = one.budget(CAL_IMAGES, size)             # the images of one step, per phase
-    fitted = []
-    _timed(lambda: fitted.append(fit(one)), dev)    # pays the warm-up
-    base = _timed(lambda: fit(gen.with_budget([1] * len(phases))), dev)
-    t_sample = _timed(lambda: fitted[0].sample(0, CAL_IMAGES), dev)
-    rates = []
-    for p in range(len(phases)):
-        probe = gen.with_budget([PROBE_STEPS * k if i == p else 1 for i, k in enumerate(step)])
-        extra = probe.budget(CAL_IMAGES, size)[p] - step[p]
-        t = _timed(lambda: fit(probe), dev)
-        rates.append(max(t - base, 0.0) / max(extra, 1))
-    overhead = max(base - sum(r * k for r, k in zip(rates, step)), 0.0)
+    with _few_standing_batches(type(gen)) as full:
+        one = gen.with_budget([1] * len(phases))
+        step = one.budget(CAL_IMAGES, size)             # the images of one step, per phase
+        fitted = []
+        _timed(lambda: fitted.append(fit(one)), dev)    # pays the warm-up
+        base = _timed(lambda: fit(gen.with_budget([1] * len(phases))), dev)
+        t_sample = _timed(lambda: fitted[0].sample(0, CAL_IMAGES), dev)
+        rates = []
+        for p in range(len(phases)):
+            probe = gen.with_budget([PROBE_STEPS * k if i == p else 1 for i, k in enumerate(step)])
+            extra = probe.budget(CAL_IMAGES, size)[p] - step[p]
+            t = _timed(lambda: fit(probe), dev)
+            rates.append(max(t - base, 0.0) / max(extra, 1))
+        overhead = max(base - sum(r * k for r, k in zip(rates, step)), 0.0)
+        if full is not None:       # the batch-norm batches the calibration fits left out
+            t_few = _timed(lambda: fitted[0]._standing_stats(y), dev)
+            overhead += t_few * (full - STANDING_PROBE) / STANDING_PROBE
     return {"phases": rates, "overhead": overhead, "sample": t_sample / CAL_IMAGES, "fit": 0.0}
+
+
+@contextlib.contextmanager
+def _few_standing_batches(cls: type):
+    """Calibration fits of a generator that re-estimates its batch-norm statistics at
+    the end of a fit (``NeuralGenerator.STANDING_BATCHES`` batches of noise) run only
+    STANDING_PROBE of them: at 224 px those batches cost more than the few training
+    steps timed (a calibration of the cGAN took over 20 minutes on two cores), and each
+    of the calibration's fits would pay them again. Yields the full count (None for a
+    generator without them), whose cost the caller adds from one timed re-estimation."""
+    full = getattr(cls, "STANDING_BATCHES", None)
+    if not isinstance(full, int) or full <= STANDING_PROBE:
+        yield None
+        return
+    own = "STANDING_BATCHES" in vars(cls)
+    cls.STANDING_BATCHES = STANDING_PROBE
+    try:
+        yield full
+    finally:
+        if own:
+            cls.STANDING_BATCHES = full
+        else:
+            del cls.STANDING_BATCHES
 
 
 def _time_classifier(ccfg, info, tcfg: TrainingConfig, settings: Settings, frozen: bool,
