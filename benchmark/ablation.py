@@ -10,7 +10,8 @@ Components and their default levels:
     siir        0, 0.1, ..., 0.5 under the complementary policy (seed 000, Table 9)
     generator   none and every generator the suite's arms use
     injection   balance, complementary
-    optimizer   the untuned suite and the best parameters of every finished study
+    optimizer   the untuned suite and the best parameters of every finished study (a
+                nested study's own for each outer split)
     classifier  the suite's classifiers
     pretrained  false, true
     synthetic   off (real images only), on
@@ -36,7 +37,7 @@ from .engine import check_feasible, check_plugins, load_dataset
 from .runner import run_suite
 from .store import FolderLock, safe_name
 from .suite import LoadedSuite
-from .tuning import _entry, apply_params, derived, subject_of, tuned_params
+from .tuning import _entry, apply_study, derived, load_study, subject_of
 
 
 @dataclass
@@ -101,7 +102,7 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
         raise SuiteError(f"an ablation of {component} needs at least two levels, got {values}")
     out = []
     for v in values:
-        arm, clf, base = copy.deepcopy(arm0), copy.deepcopy(clf0), loaded
+        arm, clf, study = copy.deepcopy(arm0), copy.deepcopy(clf0), None
         if component == "siir":
             if not 0.0 <= v <= 5.0:
                 raise SuiteError(f"SIIR levels must be in [0, 5], got {v}")
@@ -123,11 +124,8 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
             arm["injection"] = inj
             label = f"injection={v}"
         elif component == "optimizer":
-            if v != "default":
-                params, _ = tuned_params(loaded, v, results_root)
-                base = apply_params(loaded, params)
-                arm = copy.deepcopy(_entry(base.raw, "arm", arm_name))
-                clf = copy.deepcopy(_entry(base.raw, "classifier", clf_key))
+            if v != "default":      # applied to the level's subject below
+                study = load_study(loaded, v, results_root)
             label = f"optimizer={v}"
         elif component == "classifier":
             known = {c.get("label") or c["name"]: c for c in loaded.raw["classifiers"]}
@@ -149,10 +147,11 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
                     arm.pop(k, None)
             label = f"synthetic={v}"
         arm["name"] = label
-        raw = copy.deepcopy(base.raw)
+        raw = copy.deepcopy(loaded.raw)
         raw["arms"], raw["classifiers"] = [arm], [clf]
         raw["subject"] = {"arm": label, "classifier": clf.get("label") or clf["name"]}
-        out.append(Level(label, v, derived(loaded, raw, what=f"ablation level {label}")))
+        level = derived(loaded, raw, what=f"ablation level {label}")
+        out.append(Level(label, v, level if study is None else apply_study(level, study)))
     labels = [lv.label for lv in out]
     if len(set(labels)) != len(labels):
         raise SuiteError(f"ablation levels must be distinct, got {', '.join(labels)}")

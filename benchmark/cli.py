@@ -266,12 +266,10 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     use_tuned = use_tuned or loaded.suite.tuning.use
     args = ["run", suite, *(("--profile", profile) if profile else ())]
     if use_tuned:
-        from .tuning import apply_params, tuned_params
-        params, path = tuned_params(loaded, use_tuned, base_out)
-        loaded = apply_params(loaded, params)
-        click.echo(f"tuned parameters from {path}: "
-                   + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in params.items()), err=True)
+        from .tuning import apply_study, load_study
+        study = load_study(loaded, use_tuned, base_out)
+        loaded = apply_study(loaded, study)
+        click.echo(f"tuned parameters from {study.path}: {study.describe()}", err=True)
         args += ["--use-tuned", use_tuned]
         if out is None:
             tag = Path(use_tuned).parent.name if use_tuned.endswith(".json") else use_tuned
@@ -354,15 +352,43 @@ def _exit_on_failures(failed: dict[str, list[str]], out: Path) -> None:
     click.get_current_context().exit(1)
 
 
+def _tell_study(res, suite: Path, profile: str | None, objective: str) -> None:
+    """What a finished study found: its scheme, each study's (or split's) best, and the
+    command that trains the suite with it."""
+    name = res.folder.name                       # the optimizer, or <optimizer>-seed<S>
+    click.echo(f"{name}: scheme {res.why}")
+    for tag, study in (res.splits or {"": res}).items():
+        lead = f"  {tag}: " if tag else f"{name}: "
+        if study.best is None:
+            click.echo(f"{lead}no trial succeeded; see {study.folder / 'trials.jsonl'}")
+            continue
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in study.best["params"].items())
+        click.echo(f"{lead}{len(study.records)} trial(s) ({study.new_trials} trained now, "
+                   f"{study.replayed} from the journal); best {objective} "
+                   f"{study.best['value']:.4f} with {shown}")
+    if res.best is None:
+        return
+    if res.splits:
+        click.echo(f"{name}: mean of the splits' best {objective} {res.best['value']:.4f}; "
+                   "each split's cells train with that split's parameters")
+    files = "convergence.png, a folder per split" if res.splits else "trials.csv, convergence.png"
+    click.echo(f"  {res.folder / 'best.json'}, {files}; train with it: "
+               f"medbench run {suite}{' --profile ' + profile if profile else ''} "
+               f"--use-tuned {name}")
+
+
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--optimizer", default=None,
               help="Optimizer plugin(s), comma-separated: sma, random, optuna "
                    "(default: the suite's tuning.optimizer).")
 @click.option("--budget", type=click.IntRange(min=1), default=None,
-              help="Objective evaluations per optimizer (default: tuning.budget.trials).")
+              help="Objective evaluations per study (default: tuning.budget.trials); a "
+                   "nested study runs one study per outer split, each with this budget.")
 @click.option("--time", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Wall-time cap per optimizer, in seconds (default: tuning.budget.seconds).")
+              help="Wall-time cap per study, in seconds (default: tuning.budget.seconds); "
+                   "nested: per outer split's study.")
 @click.option("--profile", "-p", default=None, help="Profile of the suite: smoke, cpu, paper, ...")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder; the study goes to OUT/tune/<optimizer> "
@@ -379,7 +405,9 @@ def _exit_on_failures(failed: dict[str, list[str]], out: Path) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def tune(suite, optimizer, budget, seconds, profile, out, storage, seeds, device, quiet):
     """Tune the suite's subject (learning rate, dropout, SIIR, ...) on validation splits;
-    a killed study resumes without re-running finished trials."""
+    a killed study resumes without re-running finished trials. tuning.scheme: shared (one
+    study, when no outer split tests on its validation images), nested (one study per
+    outer split, for that split's cells only) or auto (shared when clean, else nested)."""
     from .space import Budget
     from .suite import load_suite
     from .tuning import tune_suite
@@ -400,18 +428,7 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, seeds, device
                     *(("--seeds", str(seed)) if seed != t.seed else ()), *_how_args(device=device)]
             res = tune_suite(loaded, name, b, out, storage=storage, device=device, quiet=quiet,
                              command=_command_line(*args), seed=seed)
-            study = res.folder.name
-            if res.best is None:
-                click.echo(f"{study}: no trial succeeded; see {res.folder / 'trials.jsonl'}")
-                continue
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in res.best["params"].items())
-            click.echo(f"{study}: {len(res.records)} trial(s) ({res.new_trials} trained now, "
-                       f"{res.replayed} from the journal); best {t.objective} "
-                       f"{res.best['value']:.4f} with {shown}")
-            click.echo(f"  {res.folder / 'best.json'}, trials.csv, convergence.png; train with it: "
-                       f"medbench run {suite}{' --profile ' + profile if profile else ''} "
-                       f"--use-tuned {study}")
+            _tell_study(res, suite, profile, t.objective)
 
 
 @cli.command()

@@ -312,6 +312,7 @@ class Engine:
         self.out = out
         self.progress = progress or Progress()
         self.fingerprint = ds.fingerprint()
+        self.suite_hash = loaded.hash        # the run's, also in the cells of derived engines
         self.positive = positive_index(ds, loaded.suite.dataset.positive_class)
         self.cache = Cache(cache_root(), warn=None if progress is None else progress.warn)
         self.gen_cache = GeneratorCache(self.cache)
@@ -320,6 +321,7 @@ class Engine:
         self._gen_fold: tuple | None = None
         self._gen_mem: dict[str, Any] = {}
         self._notes_seen: set[str] = set()
+        self._split_engines: dict[tuple[int, int], Engine] = {}
 
     def derive(self, loaded: LoadedSuite) -> "Engine":
         """An engine for a variant of this suite (tuning trials, ablation levels) that
@@ -328,6 +330,16 @@ class Engine:
         other = copy.copy(self)
         other.loaded, other.s = loaded, loaded.suite
         return other
+
+    def for_split(self, seed: int, fold: int) -> "Engine":
+        """The engine of one outer split's cells: this one, or, where a nested study tuned
+        the split (``LoadedSuite.per_split``), one derived under the split's own suite."""
+        variant = self.loaded.for_split(seed, fold)
+        if variant is self.loaded:
+            return self
+        if (seed, fold) not in self._split_engines:
+            self._split_engines[(seed, fold)] = self.derive(variant)
+        return self._split_engines[(seed, fold)]
 
     # ------------------------------------------------------------ folds and arms
     def folds(self, seed: int) -> list[Fold]:
@@ -637,7 +649,7 @@ class Engine:
         df.insert(0, "metric_order", np.arange(len(df)))
         gen_info = registry().get("generators", t.arm.generator) if t.arm.generator else None
         meta = {
-            "suite": s.name, "suite_hash": self.loaded.hash, "profile": self.loaded.profile or "",
+            "suite": s.name, "suite_hash": self.suite_hash, "profile": self.loaded.profile or "",
             "arm": cell.arm, "classifier": cell.classifier, "seed": cell.seed, "fold": cell.fold,
             "cell_order": cell.order, "n_train_real": int((~synth).sum()),
             "n_synthetic": int(synth.sum()), "n_val": len(t.y_val), "n_test": len(y_te),

@@ -83,7 +83,8 @@ class CellWork:
     def __call__(self, task: Cell | Prefit, dataset=None, progress: Progress | None = None) -> tuple:
         t0 = time.perf_counter()
         try:
-            engine = self.engine(dataset)
+            # a nested study's parameters apply to their own split only
+            engine = self.engine(dataset).for_split(task.seed, task.fold)
             if isinstance(task, Prefit):
                 fold = engine.folds(task.seed)[task.fold]
                 engine.training_set(engine.arm(task.arm), fold, task.seed)
@@ -95,7 +96,7 @@ class CellWork:
             hit = load_cell(engine.cache, key)
             if hit is not None:         # the same cell under the same config and code
                 df, preds = hit
-                for col, value in (("suite", engine.s.name), ("suite_hash", engine.loaded.hash),
+                for col, value in (("suite", engine.s.name), ("suite_hash", engine.suite_hash),
                                    ("profile", engine.loaded.profile or ""),
                                    ("cell_order", task.order)):
                     df[col] = value

@@ -295,16 +295,17 @@ def make_plan(loaded: LoadedSuite, *, ds: ImageSet | None = None, counts: tuple 
     drawn: set[str] = set()
     draw_seconds: list[tuple[int, str, int]] = []      # (cell order, generator key, n)
     for cell in cells:
-        arm, ccfg = engine.arm(cell.arm), engine.classifier(cell.classifier)
+        split = engine.for_split(cell.seed, cell.fold)     # a nested study's parameters
+        arm, ccfg = split.arm(cell.arm), split.classifier(cell.classifier)
         fold = engine.folds(cell.seed)[cell.fold]
         wanted = engine.planned(arm, fold)
         real = 0 if arm.train_on == "synthetic" else len(fold.train)
-        tcfg = engine.training_config(ccfg)
+        tcfg = split.training_config(ccfg)
         stages = [(st.epochs, st.freeze_backbone)
                   for st in (tcfg.stages or [StageConfig(epochs=tcfg.epochs)])]
         state = "done" if cell.key in done else "todo"
         if state == "todo" and use_cache and engine.cache.path(
-                "cells", cell_key(cell_description(engine, cell, threads))) is not None:
+                "cells", cell_key(cell_description(split, cell, threads))) is not None:
             state = "cached"
         plan.cells.append(CellPlan(cell.order, cell.arm, cell.classifier, cell.seed, cell.fold,
                                    state, real, int(sum(wanted)), len(fold.val), len(fold.test),

@@ -132,6 +132,9 @@ def _run_accepted(loaded: LoadedSuite, out: Path, ds, data_report: dict, *, quie
         if status in ("ok", "cached"):
             for k, v in provenance.items():
                 payload[k] = v
+            tuned = loaded.for_split(cell.seed, cell.fold).tuned
+            if tuned is not None:     # which study's parameters trained this cell
+                payload["tuned_params"] = json.dumps(tuned, sort_keys=True)
             store.save_cell(cell.key, payload, preds)
             store.clear_failure(cell.key)
             acc = payload.loc[payload.metric == "accuracy", "value"]

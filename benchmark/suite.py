@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -275,8 +275,13 @@ class TuningConfig(Strict):
     optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                   description="parameters per optimizer plugin")
     seed: int = 0
-    folds: int = Field(1, ge=1, description="the objective averages the first N folds of "
-                                            "the first protocol seed")
+    folds: int = Field(1, ge=1, description="a shared study's objective averages the first N "
+                                            "folds of the first protocol seed")
+    scheme: Literal["auto", "shared", "nested"] = Field(
+        "auto", description="shared: one study, allowed when no outer split tests on its "
+                            "validation images; nested: one study per outer split, its "
+                            "parameters for that split only; auto: shared when clean, else "
+                            "nested")
     use: str | None = Field(None, description="`medbench run` applies these tuned parameters: "
                                               "an optimizer name (its tune folder) or a "
                                               "best.json path")
@@ -393,12 +398,25 @@ class LoadedSuite:
     path: Path
     profile: str | None
     raw: dict            # the merged mapping that was validated
+    # the tuned parameters set on the subject (`run --use-tuned`), recorded in each cell
+    tuned: dict[str, Any] | None = None
+    # a nested study's suites, one per outer (seed, fold) split, each for that split's
+    # cells only (see ``for_split``)
+    per_split: dict[tuple[int, int], "LoadedSuite"] = field(default_factory=dict)
+
+    def for_split(self, seed: int, fold: int) -> "LoadedSuite":
+        """The suite the cells of one outer split are trained with."""
+        return self.per_split.get((seed, fold), self)
 
     @property
     def hash(self) -> str:
         """Hash of everything that changes results (profiles, report, and the tune and
-        ablate settings excluded: those make their own derived suites)."""
+        ablate settings excluded: those make their own derived suites; a nested study's
+        suites per split included)."""
         data = {k: v for k, v in self.raw.items() if k not in NOT_HASHED}
+        if self.per_split:
+            data["per_split"] = {f"s{seed}-f{fold}": v.hash
+                                 for (seed, fold), v in sorted(self.per_split.items())}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -62,19 +62,53 @@ def _read_lines(path: Path) -> list[dict]:
     return out
 
 
+def visited(folder: Path) -> list[dict]:
+    """A study's trials in the order its last run's optimizer visited them (the journal,
+    trials.jsonl, may hold more)."""
+    by_key = {json.dumps(r["params"], sort_keys=True, default=str): r
+              for r in _read_lines(folder / "trials.jsonl")}
+    order_path = folder / "order.json"
+    order = json.loads(order_path.read_text()) if order_path.exists() else []
+    return [by_key[k] for k in order if k in by_key]
+
+
+def mean_curve(studies: list[list[dict]], direction: str) -> list[float]:
+    """The curve of a nested study (one study per outer split): the i-th value is the
+    mean over its split studies of the best value each had found by its i-th trial (by
+    its last, once it has ended), NaN while a split has no success yet; it ends at the
+    mean of the splits' best values."""
+    sign = 1.0 if direction == "minimize" else -1.0
+    runs = []
+    for recs in studies:
+        best, run = math.inf, []
+        for r in recs:
+            if r.get("status") == "ok":
+                best = min(best, sign * r["value"])
+            run.append(best)
+        runs.append(run)
+    out = []
+    for i in range(max((len(run) for run in runs), default=0)):
+        at = [run[min(i, len(run) - 1)] if run else math.inf for run in runs]
+        out.append(sign * sum(at) / len(at) if all(math.isfinite(v) for v in at) else math.nan)
+    return out
+
+
 def load_studies(tune_dir: Path) -> list[Study]:
-    """Every finished study under ``tune_dir`` (a folder with best.json and order.json)."""
+    """Every finished study under ``tune_dir``: a folder with best.json and, for a shared
+    study, its order.json; a nested study (best.json with ``per_split``) enters with the
+    mean over its outer splits (``mean_curve``; its best the mean of the splits' best)."""
     studies = []
     for best_path in sorted(Path(tune_dir).glob("*/best.json")):
         folder = best_path.parent
-        order_path = folder / "order.json"
-        if not order_path.exists():
-            continue
         best = json.loads(best_path.read_text())
-        by_key = {json.dumps(r["params"], sort_keys=True, default=str): r
-                  for r in _read_lines(folder / "trials.jsonl")}
-        recs = [by_key[k] for k in json.loads(order_path.read_text()) if k in by_key]
-        values = [float(r["value"]) if r.get("status") == "ok" else math.nan for r in recs]
+        if best.get("scheme") == "nested":
+            values = mean_curve([visited(folder / tag) for tag in best.get("per_split") or {}],
+                                best["direction"])
+        else:
+            recs = visited(folder)
+            values = [float(r["value"]) if r.get("status") == "ok" else math.nan for r in recs]
+        if not values:
+            continue
         studies.append(Study(name=folder.name, optimizer=best["optimizer"],
                              seed=int(best.get("seed") or 0), objective=best["objective"],
                              direction=best["direction"], values=values,
@@ -230,13 +264,19 @@ def write_comparison(tune_dir: Path, out_dir: Path | None = None, *, results: Pa
                      f"{_fmt(r.final_sd)} | {_fmt(r.final_min)} to {_fmt(r.final_max)} | "
                      f"{_fmt(r.mean_best_so_far)} | {_fmt(r.trials_to_1pct, 1)} | "
                      f"{r.seconds_per_study:.0f} |")
-    lines += ["", "Each study's best parameters:", "", "| study | seed | best | parameters |",
-              "|---|---|---|---|"]
+    lines += ["", "Each study's best parameters (a nested study: one set per outer split, "
+              "each for that split's cells; its best is the mean of the splits' best):", "",
+              "| study | scheme | seed | best | parameters |", "|---|---|---|---|---|"]
     for s in studies:
-        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in (s.best.get("params") or {}).items())
-        lines.append(f"| {s.name} | {s.seed} | {_fmt(float(s.best.get('value', math.nan)))} | "
-                     f"{params} |")
+        per_split = s.best.get("per_split")
+        params = (f"one set per split ({len(per_split)}), in best.json" if per_split else
+                  " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in (s.best.get("params") or {}).items()))
+        lines.append(f"| {s.name} | {s.best.get('scheme', 'shared')} | {s.seed} | "
+                     f"{_fmt(float(s.best.get('value', math.nan)))} | {params} |")
+    whys = list(dict.fromkeys(s.best["why"] for s in studies if s.best.get("why")))
+    if whys:
+        lines += ["", "Where the studies scored: " + "; ".join(whys) + "."]
     if results is not None:
         metrics = metrics or ["accuracy", "balanced_accuracy", "roc_auc"]
         test = tuned_test_results([("untuned", Path(results)),

@@ -2,13 +2,25 @@
 
 A trial sets the searched parameters on the suite's subject (seed 000: the learning rate
 and dropout of the classifier and the SIIR of the ProGAN arm), trains the classifier on
-the training part of the first fold(s) and scores it on that fold's real validation
-split, which is carved from training data: the test fold is never read while tuning.
+the training part of an outer split (a fold of one protocol seed) and scores it on that
+split's real validation part, which is carved from training data.
 
-Every finished trial is appended to a journal (``trials.jsonl``) before the next one
-starts. A resumed study runs its optimizer again from the same seed; the optimizer
-proposes the same parameters, and each one already in the journal is answered from
-there instead of being trained again. Optimizers with their own storage (Optuna with
+No tuned parameter may have seen an image that the cells trained with it are tested on
+(tuning on the test folds of cross-validation biases its estimate: Cawley & Talbot,
+JMLR 2010). ``tuning.scheme`` says how (``choose_scheme``):
+
+- shared: one study, scored on the validation part of the first seed's first fold(s),
+  allowed only when no outer split of the run (any seed, any fold) tests on those
+  images: holdout on a source's fixed test split, or a single holdout split;
+- nested: one study per outer split, trained and scored inside that split's training
+  part, whose best parameters train that split's cells only (``apply_study``);
+- auto (the default): shared when it is clean, nested otherwise (k-fold, or holdout
+  carved afresh for each of several seeds).
+
+Every finished trial is appended to its study's journal (``trials.jsonl``) before the
+next one starts. A resumed study runs its optimizer again from the same seed; the
+optimizer proposes the same parameters, and each one already in the journal is answered
+from there instead of being trained again. Optimizers with their own storage (Optuna with
 ``storage:``) resume from that storage as well.
 """
 
@@ -22,15 +34,17 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
 from . import __version__
-from .engine import Engine, check_feasible, check_plugins, count_folds, load_dataset
+from .engine import (Engine, check_feasible, check_plugins, count_folds, load_dataset,
+                     suite_folds)
 from .errors import MedbenchError, PluginError, ResultsError, SuiteError
 from .files import atomic_text
 from .metrics import lower_is_better, scalar_metrics
@@ -153,9 +167,74 @@ def check_tuning(loaded: LoadedSuite) -> SearchSpace:
 
 
 def evaluation_splits(loaded: LoadedSuite) -> list[tuple[int, int]]:
+    """The (seed, fold) splits a shared study scores on: the first ``tuning.folds`` folds
+    of the first protocol seed."""
     s = loaded.suite
     n = min(s.tuning.folds, count_folds(loaded))
     return [(s.protocol.seeds[0], f) for f in range(n)]
+
+
+# --------------------------------------------------------------------------- scheme
+
+def run_splits(loaded: LoadedSuite) -> list[tuple[int, int]]:
+    """The outer (seed, fold) splits a run of the suite makes cells of."""
+    return [(seed, f) for seed in loaded.suite.protocol.seeds for f in range(count_folds(loaded))]
+
+
+def split_tag(seed: int, fold: int) -> str:
+    """A nested study's folder name, and its key in best.json."""
+    return f"s{seed}-f{fold}"
+
+
+def describe_splits(loaded: LoadedSuite, splits) -> str:
+    """Outer splits in words: folds of the one seed, seeds of holdout, else s<seed>-f<fold>."""
+    p = loaded.suite.protocol
+    if len(p.seeds) == 1:
+        word, items = "fold", [f for _, f in splits]
+    elif p.kind == "holdout":
+        word, items = "seed", [seed for seed, _ in splits]
+    else:
+        word, items = "split", [split_tag(*sp) for sp in splits]
+    return f"{word}{'s' if len(items) > 1 else ''} {', '.join(map(str, items))}"
+
+
+@dataclass
+class Scheme:
+    """How a study keeps every outer split's test images out of the parameters that
+    train that split's cells."""
+
+    name: str                                   # shared or nested
+    why: str
+    studies: dict[str, list[tuple[int, int]]]   # sub-folder ("": the optimizer's) -> splits scored
+
+
+def choose_scheme(loaded: LoadedSuite, ds) -> Scheme:
+    """``tuning.scheme`` against the data: the validation images a shared study would score
+    on, against the test images of every outer split the run makes (any seed, any fold).
+    A shared study that would see some is refused before any training; auto takes nested
+    then."""
+    s = loaded.suite
+    asked = s.tuning.scheme
+    folds = {seed: suite_folds(loaded, ds, seed) for seed in s.protocol.seeds}
+    outer = {(seed, f): folds[seed][f] for seed, f in run_splits(loaded)}
+    scored = evaluation_splits(loaded)
+    val = np.unique(np.concatenate([outer[sp].val for sp in scored]))
+    tested = {sp: f.test for sp, f in outer.items() if np.intersect1d(val, f.test).size}
+    where = describe_splits(loaded, scored)
+    if not tested and asked != "nested":
+        return Scheme("shared", f"shared: the validation split of {where} is tested on by no "
+                      "outer split", {"": scored})
+    if tested and asked == "shared":
+        seen = np.intersect1d(val, np.concatenate(list(tested.values()))).size
+        raise SuiteError(f"tuning.scheme shared: {seen} of the {len(val)} validation images a "
+                         f"shared study scores on ({where}) are test images of "
+                         f"{describe_splits(loaded, sorted(tested))}, so the tuned parameters "
+                         "would have seen test images; use scheme: nested (one study per "
+                         "outer split) or auto")
+    why = (f"nested: {s.protocol.kind}'s validation images of {where} are test images of "
+           f"{describe_splits(loaded, sorted(tested))}" if tested
+           else "nested: tuning.scheme asks for it")
+    return Scheme("nested", why, {split_tag(*sp): [sp] for sp in outer})
 
 
 # --------------------------------------------------------------------------- journal
@@ -164,7 +243,8 @@ class Journal:
     """``study.json`` (what the study is) and ``trials.jsonl`` (one line per finished
     trial, appended and flushed to disk before the next trial starts)."""
 
-    def __init__(self, folder: Path, config: dict):
+    def __init__(self, folder: Path, config: dict, about: dict | None = None):
+        """``config`` is hashed (a changed one is refused); ``about`` is only recorded."""
         self.folder = Path(folder)
         self.path = self.folder / "trials.jsonl"
         try:
@@ -183,9 +263,11 @@ class Journal:
                 raise ResultsError(
                     f"{self.folder} holds a study of another configuration (hash "
                     f"{old.get('study_hash')} != {digest}: the suite, search space, objective, "
-                    "optimizer or its seed changed); pass another --out or remove the folder")
+                    "scheme, optimizer or its seed changed); pass another --out or remove the "
+                    "folder")
         else:
-            atomic_text(meta, json.dumps({**config, "study_hash": digest}, indent=2, default=str))
+            atomic_text(meta, json.dumps({**config, **(about or {}), "study_hash": digest},
+                                         indent=2, default=str))
         self.hash = digest
 
     def records(self) -> list[dict]:
@@ -224,6 +306,36 @@ class TuneResult:
     best: dict | None
     new_trials: int
     replayed: int
+    scheme: str = "shared"
+    why: str = ""
+    splits: dict[str, "TuneResult"] = field(default_factory=dict)   # nested: tag -> its study
+
+
+@dataclass
+class _Setup:
+    """What the studies of one optimizer in one `medbench tune` call share."""
+
+    loaded: LoadedSuite
+    ds: Any
+    optimizer: str
+    space: SearchSpace
+    budget: Budget
+    config: dict            # hashed into each study.json, with the study's splits
+    why: str
+    device: str | None
+    quiet: bool
+    command: str | None
+
+    def summary(self, opt_params: dict) -> dict:
+        """The fields every best.json starts with."""
+        c = self.config
+        return {
+            "suite": c["suite"], "profile": c["profile"], "command": self.command,
+            "optimizer": self.optimizer, "optimizer_params": opt_params, "seed": c["seed"],
+            "budget": {"trials": self.budget.trials, "seconds": self.budget.seconds},
+            "subject": c["subject"], "objective": c["objective"], "direction": c["direction"],
+            "scheme": c["scheme"], "why": self.why,
+        }
 
 
 def _fmt_params(params: dict) -> str:
@@ -240,10 +352,13 @@ def study_name(loaded: LoadedSuite, optimizer: str, seed: int | None) -> str:
 def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *,
                storage: str | None = None, device: str | None = None, quiet: bool = False,
                command: str | None = None, seed: int | None = None) -> TuneResult:
-    """Run (or resume) the study of one optimizer and seed (default ``tuning.seed``) in
-    ``out/tune/<study_name>``. Nothing is written there before the suite and the data are
-    accepted, and one process at a time writes a study (``FolderLock``), unless it is an
-    Optuna study in a ``storage`` that several processes share by design."""
+    """Run (or resume) the studies of one optimizer and seed (default ``tuning.seed``) in
+    ``out/tune/<study_name>``: one
+    (scheme shared), or one per outer split in ``s<seed>-f<fold>/`` with a summary
+    best.json beside them (nested), each with the whole ``budget``. Nothing is written
+    there before the suite, the data and the scheme are accepted, and one process at a
+    time writes the studies (``FolderLock``), unless it is an Optuna study in a ``storage``
+    that several processes share by design."""
     check_plugins(loaded)
     check_tuning(loaded)
     registry().get("optimizers", optimizer)
@@ -252,13 +367,14 @@ def tune_suite(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, *
         lock.check()
     ds, _ = load_dataset(loaded)
     check_feasible(loaded, ds)
+    scheme = choose_scheme(loaded, ds)
     with lock if storage is None else contextlib.nullcontext():
-        return _tune_accepted(loaded, optimizer, budget, out, ds, storage=storage,
+        return _tune_accepted(loaded, optimizer, budget, out, ds, scheme, storage=storage,
                               device=device, quiet=quiet, command=command, seed=seed)
 
 
-def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, ds, *,
-                   storage: str | None, device: str | None, quiet: bool,
+def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Path, ds,
+                   scheme: Scheme, *, storage: str | None, device: str | None, quiet: bool,
                    command: str | None, seed: int | None) -> TuneResult:
     check_plugins(loaded)
     space = check_tuning(loaded)
@@ -267,29 +383,58 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     opt_params = dict(s.tuning.optimizers.get(optimizer, {}))
     if storage is not None:
         opt_params["storage"] = storage
-    try:
-        opt = info.obj(**opt_params)
-    except TypeError as exc:
-        raise PluginError(f"optimizer {optimizer!r}: {exc}") from None
     objective, direction = objective_direction(s)
     arm, clf = subject_of(s)
-    splits = evaluation_splits(loaded)
-    seed = s.tuning.seed if seed is None else int(seed)
     config = {
         "suite": s.name, "suite_hash": loaded.hash, "profile": loaded.profile,
         "subject": {"arm": arm, "classifier": clf}, "space": s.tuning.space,
-        "objective": objective, "direction": direction, "splits": splits,
-        "optimizer": optimizer, "optimizer_params": opt_params, "seed": seed,
+        "objective": objective, "direction": direction, "scheme": scheme.name,
+        "optimizer": optimizer, "optimizer_params": opt_params,
+        "seed": s.tuning.seed if seed is None else int(seed),
     }
-    folder = Path(out) / "tune" / study_name(loaded, optimizer, seed)
-    journal = Journal(folder, config)
+    setup = _Setup(loaded, ds, optimizer, space, budget, config, scheme.why, device, quiet,
+                   command)
+    root = Path(out) / "tune" / study_name(loaded, optimizer, seed)
+    if scheme.name == "shared":
+        res = _run_study(setup, root, scheme.studies[""], opt_params)
+    else:
+        # the root's study.json refuses a folder that holds a shared study (or another
+        # configuration's splits) before any split is trained
+        Journal(root, {**config, "splits": run_splits(loaded)}, about={"why": scheme.why})
+        splits = {}
+        for tag, scored in scheme.studies.items():
+            params = dict(opt_params)
+            if storage is not None:       # one study per split in the shared storage
+                name = params.get("study_name") or info.obj.defaults["study_name"]
+                params["study_name"] = f"{name}-{tag}"
+            splits[tag] = _run_study(setup, root / tag, scored, params, tag)
+        res = _nested_summary(setup, root, scheme, splits, opt_params)
+    # with studies of other optimizers or seeds beside it: the head-to-head table and figure
+    write_comparison(Path(out) / "tune")
+    return res
+
+
+def _run_study(setup: _Setup, folder: Path, splits: list[tuple[int, int]], opt_params: dict,
+               tag: str = "") -> TuneResult:
+    """One study: ``setup.budget`` trials scored on ``splits``, journalled in ``folder``."""
+    loaded, s, optimizer = setup.loaded, setup.loaded.suite, setup.optimizer
+    objective, direction = setup.config["objective"], setup.config["direction"]
+    try:
+        opt = registry().get("optimizers", optimizer).obj(**opt_params)
+    except TypeError as exc:
+        raise PluginError(f"optimizer {optimizer!r}: {exc}") from None
+    journal = Journal(folder, {**setup.config, "optimizer_params": opt_params, "splits": splits},
+                      about={"why": setup.why})
     memo = {params_key(r["params"]): r for r in journal.records()}
-    dev = pick_device(device or s.device)
-    progress = ConsoleProgress(budget.trials, f"tune {s.name} ({folder.name})", quiet)
-    engine = Engine(loaded, ds, dev, out=None, progress=progress)
+    dev = pick_device(setup.device or s.device)
+    study = folder.parent.name if tag else folder.name      # the optimizer[-seedS]
+    progress = ConsoleProgress(setup.budget.trials,
+                               f"tune {s.name} ({study}{', ' + tag if tag else ''})",
+                               setup.quiet)
+    engine = Engine(loaded, setup.ds, dev, out=None, progress=progress)
     counters = {"new": 0, "replayed": 0}
     seen: list[dict] = []
-    budgeted = BudgetedObjective(lambda p: 0.0, budget)
+    budgeted = BudgetedObjective(lambda p: 0.0, setup.budget)
 
     def evaluate(params: dict) -> float:
         key = params_key(params)
@@ -323,33 +468,30 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     returned: list[dict] = []
     try:
         try:
-            returned = opt.minimize(budgeted, space, budget, seed=seed) or []
+            returned = opt.minimize(budgeted, setup.space, setup.budget,
+                                    seed=setup.config["seed"]) or []
         except BudgetExhausted:
             pass
         for note in opt.notes:
             progress.note(note)
     finally:
         progress.close()
-    plan = opt.plan
     best = _best(seen)
-    # a study shared with other processes (Optuna storage) returns all of its trials,
+    # a study in a storage other processes share (Optuna) returns all of its trials,
     # numbered: the best is the study's, wherever it ran
-    shared = [t for t in returned if "number" in t and t.get("value") is not None]
-    if shared:
-        top = min(shared, key=lambda t: t["value"])
+    stored = [t for t in returned if "number" in t and t.get("value") is not None]
+    if stored:
+        top = min(stored, key=lambda t: t["value"])
         best = {"params": top["params"], "number": top["number"],
                 "value": top["value"] if direction == "minimize" else -top["value"]}
         atomic_text(folder / "study_trials.csv", pd.DataFrame(
             [{"number": t["number"], "host": t.get("host"), "pid": t.get("pid"),
               "score": t["value"], **{f"param_{k}": v for k, v in t["params"].items()}}
-             for t in shared]).to_csv(index=False))
+             for t in stored]).to_csv(index=False))
     summary = {
-        "suite": s.name, "profile": loaded.profile, "command": command, "optimizer": optimizer,
-        "optimizer_params": opt_params, "plan": plan, "seed": seed,
-        "budget": {"trials": budget.trials, "seconds": budget.seconds},
-        "subject": {"arm": arm, "classifier": clf}, "objective": objective,
-        "direction": direction, "splits": splits, "trials": len(seen),
-        "study_trials": len(shared) if shared else None,
+        **setup.summary(opt_params), "plan": opt.plan, "splits": splits,
+        **({"split": tag} if tag else {}), "trials": len(seen),
+        "study_trials": len(stored) if stored else None,
         "seconds": round(sum(float(r["seconds"]) for r in seen), 2),
         "medbench": __version__, "host": socket.gethostname(),
     }
@@ -360,9 +502,35 @@ def _tune_accepted(loaded: LoadedSuite, optimizer: str, budget: Budget, out: Pat
     # the order this run's optimizer visited the trials in (the journal may hold more)
     atomic_text(folder / "order.json", json.dumps([params_key(r["params"]) for r in seen]))
     plot_convergence(folder / "convergence.png", {folder.name: seen}, objective, direction)
-    # with studies of other optimizers or seeds beside it: the head-to-head table and figure
-    write_comparison(Path(out) / "tune")
-    return TuneResult(folder, seen, best, counters["new"], counters["replayed"])
+    return TuneResult(folder, seen, best, counters["new"], counters["replayed"],
+                      setup.config["scheme"], setup.why)
+
+
+def _nested_summary(setup: _Setup, root: Path, scheme: Scheme, splits: dict[str, TuneResult],
+                    opt_params: dict) -> TuneResult:
+    """The nested study's best.json in ``root``: every split's best parameters and value
+    (what `run --use-tuned` applies, split by split), and as ``value`` the mean of the
+    splits' best values (what ``write_comparison`` compares). Written once every split
+    has a successful trial."""
+    objective, direction = setup.config["objective"], setup.config["direction"]
+    records = [r for res in splits.values() for r in res.records]
+    best = None
+    if all(res.best is not None for res in splits.values()):
+        per_split = {tag: {"seed": scheme.studies[tag][0][0], "fold": scheme.studies[tag][0][1],
+                           "params": res.best["params"], "value": res.best["value"],
+                           "trial": res.best["number"], "trials": len(res.records)}
+                     for tag, res in splits.items()}
+        best = {
+            **setup.summary(opt_params), "trials": len(records),
+            "seconds": round(sum(float(r["seconds"]) for r in records), 2),
+            "value": sum(p["value"] for p in per_split.values()) / len(per_split),
+            "per_split": per_split, "medbench": __version__, "host": socket.gethostname(),
+        }
+        atomic_text(root / "best.json", json.dumps(best, indent=2, default=str))
+    plot_convergence(root / "convergence.png", {tag: res.records for tag, res in splits.items()},
+                     objective, direction)
+    return TuneResult(root, records, best, sum(r.new_trials for r in splits.values()),
+                      sum(r.replayed for r in splits.values()), "nested", setup.why, splits)
 
 
 def _run_trial(loaded: LoadedSuite, engine, params: dict, splits, objective: str,
@@ -428,7 +596,25 @@ def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
 
 # --------------------------------------------------------------------------- use
 
-def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[dict, Path]:
+@dataclass
+class Study:
+    """A finished study's best parameters: one set for every cell (shared), or one per
+    outer (seed, fold) split for that split's cells only (nested)."""
+
+    path: Path
+    scheme: str
+    params: dict[str, Any] | None = None                                  # shared
+    per_split: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # nested
+
+    def describe(self) -> str:
+        if self.params is not None:
+            return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in self.params.items())
+        return "nested, per outer split: " + "; ".join(
+            f"{split_tag(*sp)} {_fmt_params(p)}" for sp, p in sorted(self.per_split.items()))
+
+
+def load_study(loaded: LoadedSuite, spec: str, results_root: Path) -> Study:
     """The best parameters of a finished study: ``spec`` is a best.json path or an
     optimizer name, looked up in ``results_root/tune/<name>/best.json``."""
     p = Path(spec)
@@ -445,12 +631,35 @@ def tuned_params(loaded: LoadedSuite, spec: str, results_root: Path) -> tuple[di
                            + "` first, or give the path of a best.json")
     try:
         best = json.loads(p.read_text())
-        params = best["params"]
-    except (json.JSONDecodeError, KeyError):
-        raise ResultsError(f"{p} is not a medbench best.json (no `params`)") from None
+        if best.get("scheme") == "nested":
+            study = Study(p, "nested", per_split={(int(v["seed"]), int(v["fold"])): v["params"]
+                                                  for v in best["per_split"].values()})
+        else:
+            study = Study(p, "shared", params=best["params"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ResultsError(f"{p} is not a medbench best.json (no `params`, nor `per_split` "
+                           "of a nested study)") from None
     arm, clf = subject_of(loaded.suite)
     subj = best.get("subject") or {}
     if subj and (subj.get("arm"), subj.get("classifier")) != (arm, clf):
         raise ResultsError(f"{p} was tuned for arm {subj.get('arm')!r} and classifier "
                            f"{subj.get('classifier')!r}, but this suite's subject is {arm!r} and {clf!r}")
-    return params, p
+    return study
+
+
+def apply_study(loaded: LoadedSuite, study: Study) -> LoadedSuite:
+    """The suite trained with a study's parameters (``apply_params`` on its subject): a
+    shared study's on every cell; a nested study's per outer split, each on that split's
+    cells only (``LoadedSuite.per_split``), refused when the study lacks a split the run
+    makes (it was tuned under other seeds or folds)."""
+    if study.params is not None:
+        return replace(apply_params(loaded, study.params), tuned=study.params)
+    splits = run_splits(loaded)
+    missing = [sp for sp in splits if sp not in study.per_split]
+    if missing:
+        raise ResultsError(f"{study.path} holds no tuned parameters for "
+                           f"{describe_splits(loaded, missing)} of this run; tune the suite "
+                           "with the seeds and folds it runs")
+    return replace(loaded, per_split={sp: replace(apply_params(loaded, study.per_split[sp]),
+                                                  tuned=study.per_split[sp])
+                                      for sp in splits})

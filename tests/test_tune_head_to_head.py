@@ -10,7 +10,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from medbench.cli import cli
-from medbench.tune_report import Study, load_studies, summary_table
+from medbench.tune_report import Study, load_studies, mean_curve, summary_table, write_comparison
 
 from conftest import tiny_suite
 
@@ -95,3 +95,33 @@ def test_bad_seeds_are_one_line_and_exit_2(write_suite, tmp_path):
     r = _invoke("tune", write_suite(suite), "--seeds", "0,x", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "--seeds takes integers" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def _write_study(folder, recs, **best):
+    folder.mkdir(parents=True)
+    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (folder / "order.json").write_text(json.dumps([json.dumps(r["params"], sort_keys=True)
+                                                   for r in recs]))
+    (folder / "best.json").write_text(json.dumps(best))
+
+
+def test_a_nested_study_enters_with_the_mean_over_its_splits(tmp_path):
+    ok = lambda x, v: {"params": {"lr": x}, "status": "ok", "value": v}          # noqa: E731
+    failed = {"params": {"lr": 9}, "status": "failed", "value": None}
+    assert mean_curve([[ok(1, 3.0), ok(2, 1.0)], [failed, ok(3, 2.0)]], "minimize")[1] == 1.5
+    assert math.isnan(mean_curve([[ok(1, 3.0)], [failed]], "minimize")[0])
+    root = tmp_path / "tune" / "random"
+    _write_study(root / "s0-f0", [ok(1, 3.0), ok(2, 1.0)])
+    _write_study(root / "s0-f1", [ok(3, 2.0), ok(4, 4.0)])
+    (root / "best.json").write_text(json.dumps({
+        "optimizer": "random", "seed": 0, "objective": "val_loss", "direction": "minimize",
+        "scheme": "nested", "value": 1.5, "seconds": 4,
+        "per_split": {"s0-f0": {}, "s0-f1": {}}}))
+    _write_study(tmp_path / "tune" / "sma", [ok(5, 2.5), ok(6, 2.0)], optimizer="sma", seed=0,
+                 objective="val_loss", direction="minimize", scheme="shared", value=2.0,
+                 params={"lr": 6}, seconds=2)
+    studies = {s.name: s for s in load_studies(tmp_path / "tune")}
+    np.testing.assert_allclose(studies["random"].best_so_far(), [2.5, 1.5])
+    np.testing.assert_allclose(studies["sma"].best_so_far(), [2.5, 2.0])
+    page = write_comparison(tmp_path / "tune").read_text()
+    assert "| random | nested | 0 | 1.5000 | one set per split (2), in best.json |" in page

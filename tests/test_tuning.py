@@ -1,11 +1,12 @@
 """`medbench tune`, `run --use-tuned` and `medbench ablate` end to end on tiny suites."""
 
-import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,68 +43,207 @@ def _journal(folder):
     return [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
 
 
-def test_tune_writes_history_best_and_plot_and_never_reads_the_test_fold(write_suite, tmp_path,
-                                                                         monkeypatch):
+ONE_FOLD = {"kind": "kfold", "folds": 3, "seeds": [0], "max_folds": 1}   # shared is clean
+
+
+def _split_of(folder):
+    """The outer split a nested study's folder tunes for, or None: a shared study's."""
+    m = re.fullmatch(r"s(\d+)-f(\d+)", folder.name)
+    return None if m is None else (int(m[1]), int(m[2]))
+
+
+@pytest.fixture
+def image_reads(monkeypatch):
+    """Poisons every outer split's test part (reading its images fails) and records every
+    image the engine reads while tuning (training, fitting a generator, scoring: all go
+    through ``Engine.real``) with the study that read it. ``leaks()``: per study, how
+    many of the images it read are test images of a split its parameters train: its own
+    split's (nested), any split's (shared). The test indices themselves may be read: the
+    scheme is chosen from them."""
     import medbench.engine as engine_module
+    import medbench.tuning as tuning_module
 
-    class Poison:
-        """Any use of a test fold while tuning fails the test."""
-        def __getattr__(self, name):
-            raise AssertionError("the test fold was read while tuning")
+    tests, reads, current = {}, [], {}
+    real_folds = engine_module.make_folds
 
-        def __array__(self, *a, **k):
-            raise AssertionError("the test fold was read while tuning")
+    def recorded(*a, **k):
+        folds = real_folds(*a, **k)
+        tests.update({(k["seed"], f.index): f.test for f in folds})
+        return folds
 
-        def __len__(self):
-            raise AssertionError("the test fold was read while tuning")
+    real_journal = tuning_module.Journal.__init__
 
-    real = engine_module.make_folds
-    monkeypatch.setattr(engine_module, "make_folds",
-                        lambda *a, **k: [dataclasses.replace(f, test=Poison()) for f in real(*a, **k)])
+    def journal(self, folder, *a, **k):
+        current["study"] = Path(folder)
+        real_journal(self, folder, *a, **k)
+
+    real_read = engine_module.Engine.real
+
+    def read(self, fold, part="train"):
+        if part == "test":
+            raise AssertionError("a test part was read while tuning")
+        reads.append((current["study"], fold.train if part == "train" else fold.val))
+        return real_read(self, fold, part)
+
+    monkeypatch.setattr(engine_module, "make_folds", recorded)
+    monkeypatch.setattr(tuning_module.Journal, "__init__", journal)
+    monkeypatch.setattr(engine_module.Engine, "real", read)
+
+    def leaks() -> dict:
+        out = {}
+        for study, index in reads:
+            split = _split_of(study)
+            trained = [split] if split else list(tests)   # a shared study trains every split
+            forbidden = np.concatenate([tests[sp] for sp in trained])
+            out[study.name] = out.get(study.name, 0) + np.intersect1d(index, forbidden).size
+        return out
+
+    return leaks
+
+
+def test_tune_never_reads_an_image_its_splits_test_on(write_suite, tmp_path, image_reads,
+                                                      monkeypatch):
+    """Under k-fold, fold 0's validation images are test images of folds 1 and 2: auto
+    tunes one study per fold, each reading only its own fold's training part."""
     out = tmp_path / "res"
-    r = _invoke("tune", write_suite(tune_suite_dict()), "--optimizer", "random", "--out", out,
+    path = write_suite(tune_suite_dict())
+    r = _invoke("tune", path, "--optimizer", "random", "--budget", 3, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert image_reads() == {"s0-f0": 0, "s0-f1": 0, "s0-f2": 0}
+    root = out / "tune" / "random"
+    summary = json.loads((root / "best.json").read_text())
+    assert summary["scheme"] == "nested" and summary["trials"] == 9
+    assert summary["why"] == "nested: kfold's validation images of fold 0 are test images of folds 1, 2"
+    assert sorted(summary["per_split"]) == ["s0-f0", "s0-f1", "s0-f2"]
+    assert json.loads((root / "study.json").read_text())["scheme"] == "nested"
+    space = SearchSpace.from_config(SPACE)
+    values = []
+    for tag, split in summary["per_split"].items():
+        folder = root / tag
+        recs = _journal(folder)
+        assert len(recs) == 3 and all(rec["status"] == "ok" for rec in recs)
+        assert all(space.contains(rec["params"]) for rec in recs)
+        best = json.loads((folder / "best.json").read_text())
+        assert best["value"] == min(rec["value"] for rec in recs) == split["value"]
+        assert best["params"] == split["params"] and best["splits"] == [[0, split["fold"]]]
+        assert best["subject"] == {"arm": "over", "classifier": "smallcnn"}
+        assert best["scheme"] == "nested" and best["why"] == summary["why"]
+        assert json.loads((folder / "study.json").read_text())["why"] == summary["why"]
+        assert (folder / "convergence.png").stat().st_size > 1000
+        hist = pd.read_csv(folder / "trials.csv")
+        assert len(hist) == 3 and {"param_lr", "param_dropout", "param_siir", "val_loss"} <= set(hist.columns)
+        # each trial's objective is the validation loss of the split's validation part
+        for rec in recs:
+            assert rec["value"] == pytest.approx(rec["splits"][0]["val_loss"])
+        values.append(split["value"])
+    assert summary["value"] == pytest.approx(np.mean(values))
+    assert (root / "convergence.png").stat().st_size > 1000
+    # the poison catches what tuning did before schemes: one study on fold 0 for all folds
+    import medbench.tuning as tuning_module
+    monkeypatch.setattr(tuning_module, "choose_scheme", lambda loaded, ds: tuning_module.Scheme(
+        "shared", "forced", {"": tuning_module.evaluation_splits(loaded)}))
+    r = _invoke("tune", path, "--optimizer", "random", "--budget", 1, "--out", tmp_path / "leaky",
                 "--quiet")
     assert r.exit_code == 0, r.output
+    assert image_reads()["random"] > 0
+
+
+@pytest.mark.parametrize("protocol, options, scheme, why", [
+    ({"kind": "kfold", "folds": 3}, {}, "nested", "kfold's validation images of fold 0 are "
+                                                  "test images of folds 1, 2"),
+    (ONE_FOLD, {}, "shared", "the validation split of fold 0 is tested on by no outer split"),
+    ({"kind": "holdout", "seeds": [0, 1]}, {}, "nested", "holdout's validation images of seed "
+                                                        "0 are test images of seed 1"),
+    ({"kind": "holdout"}, {}, "shared", "the validation split of fold 0 is tested on"),
+    ({"kind": "holdout", "seeds": [0, 1, 2]}, {"splits": True}, "shared",
+     "the validation split of seed 0 is tested on by no outer split"),
+    ({"kind": "holdout", "seeds": [0, 1, 2], "scheme": "nested"}, {"splits": True}, "nested",
+     "tuning.scheme asks for it"),
+])
+def test_auto_scheme_is_shared_only_where_no_outer_split_tests_on_its_validation_images(
+        write_suite, protocol, options, scheme, why):
+    from medbench.engine import load_dataset
+    from medbench.tuning import choose_scheme
+    protocol = dict(protocol)
+    asked = protocol.pop("scheme", "auto")
+    suite = tune_suite_dict(protocol=protocol)
+    suite["dataset"]["options"].update(options)
+    suite["tuning"]["scheme"] = asked
+    loaded = load_suite(write_suite(suite))
+    got = choose_scheme(loaded, load_dataset(loaded)[0])
+    assert got.name == scheme and why in got.why
+    splits = [(seed, f) for seed in loaded.suite.protocol.seeds
+              for f in range(3 if protocol["kind"] == "kfold" and "max_folds" not in protocol else 1)]
+    if scheme == "nested":
+        assert got.studies == {f"s{seed}-f{f}": [(seed, f)] for seed, f in splits}
+    else:
+        assert got.studies == {"": [(loaded.suite.protocol.seeds[0], 0)]}
+
+
+def test_holdout_on_a_fixed_test_split_tunes_one_shared_study(write_suite, tmp_path):
+    suite = tune_suite_dict(protocol={"kind": "holdout", "seeds": [0, 1]})
+    suite["dataset"]["options"]["splits"] = True
+    path, out = write_suite(suite), tmp_path / "res"
+    r = _invoke("tune", path, "--optimizer", "random", "--budget", 2, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert "random: scheme shared: the validation split of seed 0 is tested on by no outer split" in r.output
     folder = out / "tune" / "random"
-    recs = _journal(folder)
-    assert len(recs) == 4 and all(rec["status"] == "ok" for rec in recs)
-    space = SearchSpace.from_config(SPACE)
-    assert all(space.contains(rec["params"]) for rec in recs)
     best = json.loads((folder / "best.json").read_text())
-    assert best["value"] == min(rec["value"] for rec in recs)
-    assert best["subject"] == {"arm": "over", "classifier": "smallcnn"}
-    assert (folder / "convergence.png").stat().st_size > 1000
-    hist = pd.read_csv(folder / "trials.csv")
-    assert len(hist) == 4 and {"param_lr", "param_dropout", "param_siir", "val_loss"} <= set(hist.columns)
-    # each trial's objective is the validation loss of the real validation split
-    for rec in recs:
-        assert rec["value"] == pytest.approx(rec["splits"][0]["val_loss"])
+    assert best["scheme"] == "shared" and best["splits"] == [[0, 0]] and len(_journal(folder)) == 2
+    assert json.loads((folder / "study.json").read_text())["scheme"] == "shared"
+    assert not list(folder.glob("s*-f*"))
+    r = _invoke("run", path, "--use-tuned", folder / "best.json", "--out", tmp_path / "final", "-q")
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(tmp_path / "final" / "results.parquet")
+    assert set(df.seed) == {0, 1}
+    assert (df.tuned_params == json.dumps(best["params"], sort_keys=True)).all()
 
 
-def test_use_tuned_trains_the_final_protocol_with_the_best_parameters(write_suite, tmp_path):
+def test_use_tuned_trains_each_fold_with_its_own_nested_parameters(write_suite, tmp_path,
+                                                                   monkeypatch):
+    import medbench.engine as engine_module
+
+    def scores(self, arm, clf, seed, fold, progress=None):
+        """Each fold's study prefers another SIIR (low, high, middle), so that the
+        folds' best parameters differ."""
+        return {"val_loss": abs(self.arm(arm).injection.siir - (0.0, 0.5, 0.25)[fold])}
+
     path = write_suite(tune_suite_dict())
     out = tmp_path / "res"
-    assert _invoke("tune", path, "--optimizer", "random", "--out", out, "-q").exit_code == 0
-    best = json.loads((out / "tune" / "random" / "best.json").read_text())["params"]
+    with monkeypatch.context() as m:
+        m.setattr(engine_module.Engine, "validation_scores", scores)
+        assert _invoke("tune", path, "--optimizer", "random", "--budget", 3, "--out", out,
+                       "-q").exit_code == 0
+    per_split = json.loads((out / "tune" / "random" / "best.json").read_text())["per_split"]
+    params = {v["fold"]: v["params"] for v in per_split.values()}
+    assert params[0]["siir"] < params[2]["siir"] < params[1]["siir"]
     r = _invoke("run", path, "--use-tuned", out / "tune" / "random" / "best.json",
                 "--out", tmp_path / "final", "-q")
     assert r.exit_code == 0, r.output
     df = pd.read_parquet(tmp_path / "final" / "results.parquet")
-    # the tuned SIIR decides how many synthetic images the subject arm received
+    # each fold's tuned SIIR decides how many synthetic images its subject arm received
     loaded = load_suite(path)
     from medbench.engine import Engine, load_dataset
     ds, _ = load_dataset(loaded)
     eng = Engine(loaded, ds, "cpu")
     for fold in range(3):
         counts = np.bincount(ds.labels[eng.folds(0)[fold].train].numpy(), minlength=3).tolist()
-        want = sum(injection.plan("complementary", counts, ds.classes, siir=best["siir"]))
+        want = sum(injection.plan("complementary", counts, ds.classes, siir=params[fold]["siir"]))
         got = df[(df.arm == "over") & (df.fold == fold)].n_synthetic.iloc[0]
         assert got == want
+        assert (df[df.fold == fold].tuned_params == json.dumps(params[fold], sort_keys=True)).all()
     assert (df[df.arm == "none"].n_synthetic == 0).all()
     manifest = json.loads((tmp_path / "final" / "manifest.json").read_text())
+    assert df.suite_hash.unique().tolist() == [manifest["suite_hash"]]
     assert "--use-tuned" in manifest["command"]
     r = _invoke("run", path, "--use-tuned", "sma", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "medbench tune" in r.output
+    # a run with splits the nested study did not tune is refused
+    more = write_suite(tune_suite_dict(protocol={"kind": "kfold", "folds": 3, "seeds": [0, 1]}),
+                       "more.yaml")
+    r = _invoke("run", more, "--use-tuned", out / "tune" / "random" / "best.json", "--out",
+                tmp_path / "y")
+    assert r.exit_code == 2 and "no tuned parameters for splits s1-f0, s1-f1, s1-f2" in r.output
     # the suite field does the same as the option, with a path relative to the suite
     (path.parent / "tuned.json").write_text((out / "tune" / "random" / "best.json").read_text())
     r = _invoke("run", write_suite(tune_suite_dict(tuning={"space": SPACE, "use": "tuned.json"}),
@@ -120,7 +260,8 @@ def test_use_tuned_trains_the_final_protocol_with_the_best_parameters(write_suit
 def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suite, tmp_path,
                                                                       optimizer):
     path = write_suite(tune_suite_dict(tuning={"space": SPACE, "budget": {"trials": 6},
-                                               "optimizers": {"sma": {"pop_size": 5}}}))
+                                               "optimizers": {"sma": {"pop_size": 5}}},
+                                       protocol=ONE_FOLD))
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), "--optimizer",
@@ -152,10 +293,41 @@ def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suit
     np.testing.assert_allclose([w["value"] for w in whole], [a["value"] for a in after], rtol=1e-5)
     # a changed configuration is refused rather than mixed into the journal
     changed = tune_suite_dict(tuning={"space": {**SPACE, "dropout": {"low": 0.0, "high": 0.3}},
-                                      "budget": {"trials": 6}, "optimizers": {"sma": {"pop_size": 5}}})
+                                      "budget": {"trials": 6}, "optimizers": {"sma": {"pop_size": 5}}},
+                              protocol=ONE_FOLD)
     r = _invoke("tune", write_suite(changed, "changed.yaml"), "--optimizer", optimizer, "--out", out)
     assert r.exit_code == 2 and "another configuration" in r.output
     assert _journal(folder) == after
+
+
+def test_a_killed_nested_study_resumes_each_split_from_its_journal(write_suite, tmp_path):
+    path = write_suite(tune_suite_dict())
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), "--optimizer",
+                             "random", "--budget", "2", "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    seen = 0
+    for line in proc.stderr:                 # the third trial is the second split's first
+        if line.startswith("[") and "] lr=" in line:
+            seen += 1
+            if seen == 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    root = out / "tune" / "random"
+    before = {tag: _journal(root / tag) if (root / tag / "trials.jsonl").exists() else []
+              for tag in ("s0-f0", "s0-f1", "s0-f2")}
+    assert len(before["s0-f0"]) == 2 and len(before["s0-f1"]) >= 1 and not before["s0-f2"]
+    assert not (root / "best.json").exists()
+    r = _invoke("tune", path, "--optimizer", "random", "--budget", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    for tag, recs in before.items():
+        assert f"{tag}: 2 trial(s) ({2 - len(recs)} trained now, {len(recs)} from the journal)" in r.stdout
+        after = _journal(root / tag)
+        assert len(after) == 2 and after[:len(recs)] == recs
+    assert json.loads((root / "best.json").read_text())["trials"] == 6
 
 
 def test_tuning_siir_fits_each_generator_once(write_suite, tmp_path, monkeypatch):
@@ -175,6 +347,7 @@ def test_tuning_siir_fits_each_generator_once(write_suite, tmp_path, monkeypatch
                                    "injection": {"policy": "complementary", "siir": 0.2}}],
                             subject={"arm": "gan"})
     suite["tuning"]["space"] = {"siir": {"low": 0.1, "high": 0.5}}
+    suite["protocol"] = ONE_FOLD
     loaded = load_suite(write_suite(suite))
     res = tune_suite(loaded, "random", Budget(trials=4), tmp_path / "res", quiet=True)
     assert len(res.records) == 4 and all(r["status"] == "ok" for r in res.records)
@@ -189,6 +362,11 @@ def test_tuning_siir_fits_each_generator_once(write_suite, tmp_path, monkeypatch
     ({"tuning": {"objective": "loss"}}, [], "tuning.objective"),
     ({}, ["--optimizer", "nope"], "unknown optimizer plugin"),
     ({"subject": {"arm": "ghost"}}, [], "subject.arm"),
+    ({"tuning": {"space": SPACE, "scheme": "bogus"}}, [], "tuning.scheme"),
+    # fold 0's validation images are test images of folds 1 and 2
+    ({"tuning": {"space": SPACE, "scheme": "shared"}}, [],
+     "6 of the 6 validation images a shared study scores on (fold 0) are test images of "
+     "folds 1, 2"),
 ])
 def test_bad_tuning_input_is_one_line_and_exit_2(write_suite, tmp_path, suite_change, args, message):
     suite = tune_suite_dict()
@@ -197,6 +375,7 @@ def test_bad_tuning_input_is_one_line_and_exit_2(write_suite, tmp_path, suite_ch
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()         # refused before anything is written
 
 
 def test_ablate_siir_writes_table_and_figure(write_suite, tmp_path):
@@ -247,19 +426,22 @@ def test_ablate_other_components_build_their_levels(write_suite, tmp_path):
     out = tmp_path / "res"
     assert _invoke("tune", write_suite(tune_suite_dict(), "s4.yaml"), "--optimizer", "random",
                    "--budget", 2, "--out", out, "-q").exit_code == 0
-    best = json.loads((out / "tune" / "random" / "best.json").read_text())["params"]
+    per_split = json.loads((out / "tune" / "random" / "best.json").read_text())["per_split"]
     opt = levels(loaded, "optimizer", None, out)
     assert [lv.label for lv in opt] == ["optimizer=default", "optimizer=random"]
-    assert opt[0].loaded.suite.arms[0].injection.siir == 0.2
-    assert opt[1].loaded.suite.arms[0].injection.siir == best["siir"]
-    assert opt[1].loaded.suite.classifiers[0].dropout == best["dropout"]
-    assert opt[1].loaded.suite.classifiers[0].training["lr"] == best["lr"]
+    assert opt[0].loaded.suite.arms[0].injection.siir == 0.2 and not opt[0].loaded.per_split
+    # a nested study's level trains each fold with that fold's parameters
+    for split in per_split.values():
+        best, tuned = split["params"], opt[1].loaded.for_split(0, split["fold"]).suite
+        assert tuned.arms[0].injection.siir == best["siir"]
+        assert tuned.classifiers[0].dropout == best["dropout"]
+        assert tuned.classifiers[0].training["lr"] == best["lr"]
     r = _invoke("ablate", write_suite(tune_suite_dict(), "s3.yaml"), "--component", "colour")
     assert r.exit_code == 2 and "unknown component" in r.output
 
 
 def test_tune_with_a_shared_optuna_storage(write_suite, tmp_path):
-    path = write_suite(tune_suite_dict())
+    path = write_suite(tune_suite_dict(protocol=ONE_FOLD))
     url = f"sqlite:///{tmp_path / 'study.db'}"
     r = _invoke("tune", path, "--optimizer", "optuna", "--storage", url, "--budget", 3,
                 "--out", tmp_path / "a", "-q")
