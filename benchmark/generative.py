@@ -198,6 +198,9 @@ class NeuralGenerator(Generator):
         self.snapshots: dict[float, dict] = {}
         self.G: nn.Module | None = None
         self.device = torch.device("cpu")
+        # time.perf_counter() after each step this process logged (not saved with the
+        # fit): `medbench plan` reads the seconds of a step of each phase from it
+        self.step_clock: list[float] = []
         self.seed = 0
         self.shape: tuple[int, int, int] = (1, 28, 28)
         self.num_classes = 1
@@ -309,6 +312,7 @@ class NeuralGenerator(Generator):
                 where = ", ".join(f"{k} {row[k]}" for k in ("stage", "epoch") if k in row)
                 raise GeneratorDiverged(f"{self.name} diverged ({where}): {key} is {value}")
         self.history.append(row)
+        self.step_clock.append(time.perf_counter())
 
     def _snapshot(self, label: str) -> None:
         """Keep a grid of samples from fixed noise (each class of a conditional GAN

@@ -507,10 +507,13 @@ def _random_images(n: int, channels: int, size: int) -> torch.Tensor:
 def _time_generator(info, params: dict, size: int, channels: int, num_classes: int,
                     dev: torch.device) -> dict:
     """Seconds per image shown in each phase of a fit, the fixed part of a fit, and
-    seconds per sampled image. A fit of one step per phase is the baseline (timed
-    twice: the first pays the warm-up); each phase is then run for PROBE_STEPS more
-    steps, and the difference over the difference in images shown is that phase's
-    rate. A generator without a training loop is fitted and sampled once, whole."""
+    seconds per sampled image. After a fit of one step per phase (it pays the warm-up),
+    one fit of 1 + PROBE_STEPS steps per phase is timed: a generator that keeps a step
+    clock (``NeuralGenerator.step_clock``) gives each phase's seconds per step as the
+    median of its steps after the first (the first of a phase carries the phase's own
+    start-up, which the fixed part keeps); the fixed part is the rest of the fit's time.
+    A generator without one is timed phase by phase instead (``_rates_by_fits``). A
+    generator without a training loop is fitted and sampled once, whole."""
     gen = info.obj(**params)
     classes = [f"c{i}" for i in range(num_classes)]
     x = _random_images(CAL_IMAGES, channels, size)
@@ -530,21 +533,39 @@ def _time_generator(info, params: dict, size: int, channels: int, num_classes: i
     with _few_standing_batches(type(gen)) as full:
         one = gen.with_budget([1] * len(phases))
         step = one.budget(CAL_IMAGES, size)             # the images of one step, per phase
+        _timed(lambda: fit(one), dev)                   # pays the warm-up
+        probe = gen.with_budget([(1 + PROBE_STEPS) * k for k in step])
         fitted = []
-        _timed(lambda: fitted.append(fit(one)), dev)    # pays the warm-up
-        base = _timed(lambda: fit(gen.with_budget([1] * len(phases))), dev)
+        total = _timed(lambda: fitted.append(fit(probe)), dev)
         t_sample = _timed(lambda: fitted[0].sample(0, CAL_IMAGES), dev)
-        rates = []
-        for p in range(len(phases)):
-            probe = gen.with_budget([PROBE_STEPS * k if i == p else 1 for i, k in enumerate(step)])
-            extra = probe.budget(CAL_IMAGES, size)[p] - step[p]
-            t = _timed(lambda: fit(probe), dev)
-            rates.append(max(t - base, 0.0) / max(extra, 1))
-        overhead = max(base - sum(r * k for r, k in zip(rates, step)), 0.0)
+        clock = list(getattr(fitted[0], "step_clock", None) or [])
+        if len(clock) == (1 + PROBE_STEPS) * len(phases):
+            per = 1 + PROBE_STEPS
+            rates = [float(np.median(np.diff(clock[p * per:(p + 1) * per]))) / max(k, 1)
+                     for p, k in enumerate(step)]
+            overhead = max(total - sum(r * k * per for r, k in zip(rates, step)), 0.0)
+        else:
+            rates, overhead = _rates_by_fits(gen, fit, step, size, dev)
         if full is not None:       # the batch-norm batches the calibration fits left out
             t_few = _timed(lambda: fitted[0]._standing_stats(y), dev)
             overhead += t_few * (full - STANDING_PROBE) / STANDING_PROBE
     return {"phases": rates, "overhead": overhead, "sample": t_sample / CAL_IMAGES, "fit": 0.0}
+
+
+def _rates_by_fits(gen, fit: Callable, step: list[int], size: int,
+                   dev: torch.device) -> tuple[list[float], float]:
+    """Seconds per image of each phase without a step clock: a fit of one step per phase
+    is the baseline; each phase is then run for PROBE_STEPS more steps, and the
+    difference over the difference in images shown is that phase's rate. Returns the
+    rates and the fixed part of a fit."""
+    base = _timed(lambda: fit(gen.with_budget([1] * len(step))), dev)
+    rates = []
+    for p in range(len(step)):
+        probe = gen.with_budget([PROBE_STEPS * k if i == p else 1 for i, k in enumerate(step)])
+        extra = probe.budget(CAL_IMAGES, size)[p] - step[p]
+        t = _timed(lambda: fit(probe), dev)
+        rates.append(max(t - base, 0.0) / max(extra, 1))
+    return rates, max(base - sum(r * k for r, k in zip(rates, step)), 0.0)
 
 
 @contextlib.contextmanager
