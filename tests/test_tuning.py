@@ -256,19 +256,15 @@ def test_use_tuned_trains_each_fold_with_its_own_nested_parameters(write_suite, 
     assert r.exit_code == 2 and "unknown parameter" in r.output
 
 
-@pytest.mark.parametrize("optimizer", ["sma", "optuna"])
-def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suite, tmp_path,
-                                                                      optimizer):
-    path = write_suite(tune_suite_dict(tuning={"space": SPACE, "budget": {"trials": 6},
-                                               "optimizers": {"sma": {"pop_size": 5}}},
-                                       protocol=ONE_FOLD))
-    out = tmp_path / "killed"
+def _tune_killed_at_the_third_trial(path, out, *args) -> None:
+    """`medbench tune PATH ARGS --out OUT` in a child process, SIGKILLed as its third
+    trial finishes (read from its progress lines, no sleeping)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), "--optimizer",
-                             optimizer, "--out", str(out)], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), *args,
+                             "--out", str(out)], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=env)
     seen = 0
-    for line in proc.stderr:                 # blocks on the child's output, no sleeping
+    for line in proc.stderr:                 # blocks on the child's output
         if line.startswith("[") and "] lr=" in line:
             seen += 1
             if seen == 3:
@@ -276,6 +272,16 @@ def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suit
                 break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("optimizer", ["sma", "optuna"])
+def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suite, tmp_path,
+                                                                      optimizer):
+    path = write_suite(tune_suite_dict(tuning={"space": SPACE, "budget": {"trials": 6},
+                                               "optimizers": {"sma": {"pop_size": 5}}},
+                                       protocol=ONE_FOLD))
+    out = tmp_path / "killed"
+    _tune_killed_at_the_third_trial(path, out, "--optimizer", optimizer)
     folder = out / "tune" / optimizer
     before = _journal(folder)
     assert 3 <= len(before) < 6
@@ -303,19 +309,8 @@ def test_tune_resumes_after_sigkill_without_rerunning_finished_trials(write_suit
 def test_a_killed_nested_study_resumes_each_split_from_its_journal(write_suite, tmp_path):
     path = write_suite(tune_suite_dict())
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medbench", "tune", str(path), "--optimizer",
-                             "random", "--budget", "2", "--out", str(out)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    seen = 0
-    for line in proc.stderr:                 # the third trial is the second split's first
-        if line.startswith("[") and "] lr=" in line:
-            seen += 1
-            if seen == 3:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # the third trial is the second split's first
+    _tune_killed_at_the_third_trial(path, out, "--optimizer", "random", "--budget", "2")
     root = out / "tune" / "random"
     before = {tag: _journal(root / tag) if (root / tag / "trials.jsonl").exists() else []
               for tag in ("s0-f0", "s0-f1", "s0-f2")}
