@@ -164,7 +164,9 @@ def plot_head_to_head(path: Path, studies: list[Study]) -> None:
     """Best so far against trials: per optimizer the mean over its seeds (line) and the
     seeds' range (band), each seed's own curve thin behind it."""
     objective, direction = studies[0].objective, studies[0].direction
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
+    plt = pyplot()                       # matplotlib is imported here, not with the module
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for opt in dict.fromkeys(s.optimizer for s in studies):
         group = [s for s in studies if s.optimizer == opt]
         n = max(len(s.values) for s in group)
@@ -184,6 +186,7 @@ def plot_head_to_head(path: Path, studies: list[Study]) -> None:
             ax.fill_between(x, lo, hi, step="post", alpha=0.18, color=line.get_color(), lw=0)
             for c in curves:
                 ax.step(x, c, where="post", lw=0.6, alpha=0.5, color=line.get_color())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (objective evaluations)")
     ax.set_ylabel(f"best {objective} so far (validation)")
     ax.set_title(f"optimizers at equal budget ({direction} {objective}): mean and range over seeds",
@@ -223,7 +226,7 @@ def _commands(studies: list[Study], tuned: list[Path], report_command: str | Non
         if manifest.exists():
             cmds.append(json.loads(manifest.read_text()).get("command"))
     cmds.append(report_command)
-    return [f"Made by: `{c}`" for c in dict.fromkeys(c for c in cmds if c)]
+    return ["Made by (in this order):", "", *(f"- `{c}`" for c in dict.fromkeys(c for c in cmds if c))]
 
 
 def write_comparison(tune_dir: Path, out_dir: Path | None = None, *, results: Path | None = None,
