@@ -226,7 +226,7 @@ def _commands(studies: list[Study], tuned: list[Path], report_command: str | Non
         if manifest.exists():
             cmds.append(json.loads(manifest.read_text()).get("command"))
     cmds.append(report_command)
-    return ["Made by (in this order):", "", *(f"- `{c}`" for c in dict.fromkeys(c for c in cmds if c))]
+    return ["Made by:", "", *(f"- `{c}`" for c in dict.fromkeys(c for c in cmds if c))]
 
 
 def write_comparison(tune_dir: Path, out_dir: Path | None = None, *, results: Path | None = None,
