@@ -277,6 +277,10 @@ class TuningConfig(Strict):
     seed: int = 0
     folds: int = Field(1, ge=1, description="a shared study's objective averages the first N "
                                             "folds of the first protocol seed")
+    seeds: int = Field(1, ge=1, description="... and of the first N protocol seeds: on a fixed "
+                                            "split (holdout on the source's own test split) the "
+                                            "same images under N training seeds, so that a "
+                                            "trial is not scored by one seed's luck")
     scheme: Literal["auto", "shared", "nested"] = Field(
         "auto", description="shared: one study, allowed when no outer split tests on its "
                             "validation images; nested: one study per outer split, its "

@@ -167,11 +167,11 @@ def check_tuning(loaded: LoadedSuite) -> SearchSpace:
 
 
 def evaluation_splits(loaded: LoadedSuite) -> list[tuple[int, int]]:
-    """The (seed, fold) splits a shared study scores on: the first ``tuning.folds`` folds
-    of the first protocol seed."""
+    """The (seed, fold) splits a shared study scores on, each trial their mean: the first
+    ``tuning.folds`` folds of the first ``tuning.seeds`` protocol seeds."""
     s = loaded.suite
     n = min(s.tuning.folds, count_folds(loaded))
-    return [(s.protocol.seeds[0], f) for f in range(n)]
+    return [(seed, f) for seed in s.protocol.seeds[:s.tuning.seeds] for f in range(n)]
 
 
 # --------------------------------------------------------------------------- scheme

@@ -125,3 +125,25 @@ def test_a_nested_study_enters_with_the_mean_over_its_splits(tmp_path):
     np.testing.assert_allclose(studies["sma"].best_so_far(), [2.5, 2.0])
     page = write_comparison(tmp_path / "tune").read_text()
     assert "| random | nested | 0 | 1.5000 | one set per split (2), in best.json |" in page
+
+
+def test_tuning_seeds_scores_each_trial_over_several_training_seeds(write_suite, tmp_path):
+    suite = tiny_suite(protocol={"kind": "holdout", "seeds": [0, 1]})
+    suite["dataset"]["options"]["splits"] = True          # a fixed test split: shared is clean
+    values = {}
+    for n in (1, 2):
+        suite["tuning"] = {"space": SPACE, "budget": {"trials": 2}, "seeds": n}
+        out = tmp_path / f"seeds{n}"
+        r = _invoke("tune", write_suite(suite, f"s{n}.yaml"), "--optimizer", "random",
+                    "--out", out, "-q")
+        assert r.exit_code == 0, r.output
+        best = json.loads((out / "tune" / "random" / "best.json").read_text())
+        assert best["scheme"] == "shared" and best["splits"] == [[0, 0], [1, 0]][:n]
+        values[n] = [json.loads(line) for line in (out / "tune" / "random" / "trials.jsonl").open()]
+    for one, two in zip(values[1], values[2]):              # the same proposals
+        assert one["params"] == two["params"] and len(two["splits"]) == 2
+        # the two-seed score is the mean of the first seed's (the one-seed study's) and
+        # the second's, which differs from it
+        s0, s1 = (sp["val_loss"] for sp in two["splits"])
+        assert math.isclose(s0, one["value"], rel_tol=1e-5) and not math.isclose(s0, s1)
+        assert math.isclose(two["value"], (s0 + s1) / 2)
