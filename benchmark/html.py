@@ -40,7 +40,8 @@ figcaption { font-size: .88em; color: #444; }
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 # text columns, left-aligned
-LEFT = {"arm", "classifier", "generator", "class", "level", "cell", "reason"}
+LEFT = {"arm", "classifier", "generator", "class", "level", "cell", "reason", "optimizer",
+        "parameters", "seeds"}
 
 
 def _code(text: str) -> str:
@@ -76,6 +77,26 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _tuning_html(folder: Path) -> list[str]:
+    """The optimizers head to head: the comparison, the tuned runs' test results and the
+    best-so-far figure (the files of tune/, which comparison.md describes)."""
+    out = ["<h2>Tuning: the optimizers head to head</h2>",
+           '<p class="note">Best objective found on the validation split after all trials, '
+           "over each optimizer's seeds (see tune/comparison.md for the commands and each "
+           "study's parameters).</p>", table_html(pd.read_csv(folder / "comparison.csv"))]
+    tested = folder / "tuned_test.csv"
+    if tested.is_file():
+        out += ['<p class="note">Test results (mean and sd over the cells) with the untuned '
+                "parameters and with each study's.</p>", table_html(pd.read_csv(tested))]
+    png = folder / "convergence.png"
+    if png.is_file():
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        out.append(f'<figure><img src="data:image/png;base64,{data}" alt="best so far against '
+                   'trials"><figcaption>Best so far against trials: the mean over seeds and '
+                   'their range (tune/convergence.png).</figcaption></figure>')
+    return out
+
+
 # ------------------------------------------------------------------ page
 def _figure(fig, report_dir: Path) -> str:
     data = base64.b64encode(fig.png.read_bytes()).decode("ascii")
@@ -95,7 +116,9 @@ def write_html(path: Path, *, title: str, head: list[str], data_line: str | None
                table: pd.DataFrame, sig: pd.DataFrame, mcn: pd.DataFrame, metrics: list[str],
                per_class: pd.DataFrame, failed: list[dict], fidelity: Path | None,
                arms: list[str], classes: list[str], figures: list, report_dir: Path,
-               calibration: pd.DataFrame | None = None) -> Path:
+               calibration: pd.DataFrame | None = None, tuning: Path | None = None) -> Path:
+    """``tuning``: the report's tune/ folder, when it holds the optimizers' comparison
+    (tune_report.write_comparison)."""
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -128,6 +151,8 @@ def write_html(path: Path, *, title: str, head: list[str], data_line: str | None
                       "training images of the class; the real-vs-real columns compare real "
                       "images only (see fidelity.json). Features: " + (html.escape(", ".join(extractors)) or "not stated")
                       + ".</p>", table_html(fid)]
+    if tuning is not None and (tuning / "comparison.csv").is_file():
+        parts += _tuning_html(tuning)
     if failed:
         parts += ["<h2>Failed cells</h2>", "<ul>"]
         parts += [f"<li>{html.escape(str(f.get('cell')))}: {html.escape(str(f.get('reason')))}</li>"

@@ -164,6 +164,15 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
                                       "(ECE, Brier; lower is better), mean ± std")
         atomic_text(p, tex)
         written.append(p)
+    # the optimizers head to head, when the folder holds studies of several (medbench tune)
+    tuning = None
+    if (results_dir / "tune").is_dir():
+        made = write_comparison(results_dir / "tune", out_dir / "tune", results=results_dir,
+                                metrics=metrics, report_command=f"medbench report "
+                                                                 f"{portable_path(results_dir)}")
+        if made is not None:
+            written.append(made)
+            tuning = made.parent
     if "html" in formats:
         fidelity = results_dir / "fidelity.csv"
         arms = list(dict.fromkeys(df.sort_values("cell_order")["arm"]))
@@ -173,14 +182,8 @@ def write_report(results_dir: Path, out_dir: Path, formats: list[str] | None = N
             calibration=calibration,
             per_class=per_class(df, "recall"), failed=store.failures(),
             fidelity=fidelity if fidelity.is_file() else None, arms=arms,
-            classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir))
-    # the optimizers head to head, when the folder holds studies of several (medbench tune)
-    if (results_dir / "tune").is_dir():
-        made = write_comparison(results_dir / "tune", out_dir / "tune", results=results_dir,
-                                metrics=metrics, report_command=f"medbench report "
-                                                                 f"{portable_path(results_dir)}")
-        if made is not None:
-            written.append(made)
+            classes=list(data.get("classes") or []), figures=figures, report_dir=out_dir,
+            tuning=tuning))
     return written
 
 
