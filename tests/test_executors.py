@@ -189,6 +189,34 @@ def test_a_signal_stops_cleanly_keeping_finished_cells(write_suite, tmp_path, jo
     assert r.exit_code == 0 and f"{finished} of 9 cells already done" in r.stderr
 
 
+def test_a_signal_does_not_wait_for_the_cells_in_flight(write_suite, tmp_path):
+    # with --jobs 2, SIGTERM while both workers train cells that would run for hours: the
+    # driver terminates them and exits, instead of waiting at exit for those cells
+    quick = {"name": "smallcnn", "label": "quick", "training": {"epochs": 1}}
+    slow = {"name": "smallcnn", "label": "slow", "training": {"epochs": 100000}}
+    suite = tiny_suite(arms=[{"name": "none"}], classifiers=[quick, slow],
+                       training={"epochs": 1, "batch_size": 16, "early_stopping": None})
+    path = write_suite(suite)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDBENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "run", str(path), "--out",
+                             str(tmp_path / "res"), "--threads", "1", "--jobs", "2", "--yes"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stderr:      # 2 of the 3 quick cells done: a slow one is in flight
+            lines.append(line)
+            if sum("] done " in x for x in lines) == 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, rest = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the driver waited for the cells in flight after SIGTERM") from None
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, "".join(lines) + rest
+    assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
+
+
 def test_cell_cache_serves_the_same_cells_to_another_results_folder(write_suite, tmp_path):
     path = write_suite(tiny_suite())
     a = _run(path, tmp_path / "a")

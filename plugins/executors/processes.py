@@ -48,13 +48,16 @@ def _init_worker(slots, gpus: int, driver: int) -> None:
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and terminate the workers (their cells are lost,
-    finished ones are already with the driver)."""
-    pool.shutdown(wait=False, cancel_futures=True)
+    finished ones are already with the driver). The workers are taken before the
+    shutdown: it forgets them (``_processes = None``), and the interpreter's exit would
+    then wait for each to finish the cell it is training (minutes, for a real cell)."""
     terminate = getattr(pool, "terminate_workers", None)       # Python >= 3.14
     if terminate is not None:
         terminate()
         return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
         proc.terminate()
 
 
