@@ -49,7 +49,7 @@ __all__ = ["FAR_SECONDS", "CellPlan", "FitPlan", "Plan", "calibrate", "counts_fr
 # "far beyond what the device can do in a day": a week of work. The calibration is
 # good to a factor of about 2, so a run refused here would take days however lucky.
 FAR_SECONDS = 7 * 86400
-TIMINGS_VERSION = 1
+TIMINGS_VERSION = 2
 PROBE_STEPS = 3          # training steps a calibration times per generator phase
 CAL_IMAGES = 64          # random images a generator is calibrated on
 STANDING_PROBE = 4       # batch-norm re-estimation batches of a calibration fit (see below)
@@ -422,7 +422,10 @@ def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes:
     cache = Cache(cache_root())
     reg = registry()
     size, channels = s.dataset.image_size, s.dataset.channels
-    where = {"device": str(dev.type), "name": device_name(dev), "threads": threads,
+    # "device_name", not "name": spread into each description after the plugin's name,
+    # a "name" key replaced it, and two plugins of one module with the same parameters
+    # (lsgan and vanilla, augment and smote) shared one timing
+    where = {"device": str(dev.type), "device_name": device_name(dev), "threads": threads,
              "torch": torch.__version__}
     out: dict[str, Any] = {"device": where, "generators": {}, "classifiers": {},
                            "measured_now": [], "seconds_measuring": 0.0}
@@ -487,7 +490,7 @@ def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes:
         out[kind][name] = rates
         blob = json.dumps({"desc": desc, "rates": rates, "seconds": spent}, default=str)
         cache.store("timings", key, lambda p, b=blob: p.write_text(b, encoding="utf-8"), ".timings",
-                    f"timings of {name} at {size} px on {where['name']}", {})
+                    f"timings of {name} at {size} px on {where['device_name']}", {})
     return out
 
 

@@ -227,3 +227,18 @@ def test_time_left_follows_the_plan_not_the_mean_cell(monkeypatch):
     clock[0] += 150.0
     left.finished("gan1")
     assert left.seconds() == pytest.approx(100.0 * 170.0 / 110.0)
+
+
+def test_plugins_of_one_module_with_the_same_parameters_are_timed_apart(write_suite, tmp_path,
+                                                                       monkeypatch):
+    # augment and smote share a module and have the same (empty) parameters; each needs a
+    # timing of its own (the device's name once replaced the plugin's in the key)
+    monkeypatch.setenv("MEDBENCH_CACHE", str(tmp_path / "cache"))
+    loaded = load_suite(write_suite(tiny_suite(arms=[
+        {"name": "none"}, {"name": "augment", "generator": "augment"},
+        {"name": "smote", "generator": "smote"}])))
+    said: list[str] = []
+    cal = planmod.calibrate(loaded, torch.device("cpu"), 1, 3, set(), {"augment", "smote"},
+                            say=said.append)
+    assert sorted(cal["measured_now"]) == ["augment", "smote"]
+    assert len(said) == 2 and len(list((tmp_path / "cache" / "timings").rglob("*.timings"))) == 2
