@@ -51,13 +51,15 @@ class Study:
         return np.asarray(out, dtype=float)
 
 
-def _read_lines(path: Path) -> list[dict]:
+def read_journal(path: Path) -> list[dict]:
+    """A study's journal (trials.jsonl), one record per finished trial; a line cut by a
+    kill (that trial did not finish) is skipped."""
     out = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:        # a line cut by a kill
+            except json.JSONDecodeError:
                 continue
     return out
 
@@ -66,7 +68,7 @@ def visited(folder: Path) -> list[dict]:
     """A study's trials in the order its last run's optimizer visited them (the journal,
     trials.jsonl, may hold more)."""
     by_key = {json.dumps(r["params"], sort_keys=True, default=str): r
-              for r in _read_lines(folder / "trials.jsonl")}
+              for r in read_journal(folder / "trials.jsonl")}
     order_path = folder / "order.json"
     order = json.loads(order_path.read_text()) if order_path.exists() else []
     return [by_key[k] for k in order if k in by_key]

@@ -55,7 +55,7 @@ from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
 from .store import FolderLock
 from .suite import LoadedSuite, Suite, format_validation_error
 from .trainer import pick_device
-from .tune_report import write_comparison
+from .tune_report import read_journal, write_comparison
 
 # parameter names a suite may search without spelling out where they live
 ALIASES = {
@@ -279,18 +279,6 @@ class Journal:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-
-
-def read_journal(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:   # a line cut by a kill: that trial did not finish
-            continue
-    return out
 
 
 def params_key(params: dict) -> str:
