@@ -42,13 +42,24 @@ class Study:
 
     def best_so_far(self) -> np.ndarray:
         """After each trial, the best objective found so far (NaN before the first success)."""
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        out, run = [], math.inf
-        for v in self.values:
-            if v == v:                                      # not NaN
-                run = min(run, sign * v)
-            out.append(sign * run if math.isfinite(run) else math.nan)
-        return np.asarray(out, dtype=float)
+        return best_so_far(self.values, self.direction)
+
+
+def best_so_far(values: list[float], direction: str) -> np.ndarray:
+    """After each value, the best so far (NaN: a failed trial's value, and the running
+    best before the first success)."""
+    sign = 1.0 if direction == "minimize" else -1.0
+    out, run = [], math.inf
+    for v in values:
+        if v == v:                                      # not NaN
+            run = min(run, sign * v)
+        out.append(sign * run if math.isfinite(run) else math.nan)
+    return np.asarray(out, dtype=float)
+
+
+def ok_values(records: list[dict]) -> list[float]:
+    """A study's trial values in order, NaN for a failed trial."""
+    return [float(r["value"]) if r.get("status") == "ok" else math.nan for r in records]
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -79,19 +90,11 @@ def mean_curve(studies: list[list[dict]], direction: str) -> list[float]:
     mean over its split studies of the best value each had found by its i-th trial (by
     its last, once it has ended), NaN while a split has no success yet; it ends at the
     mean of the splits' best values."""
-    sign = 1.0 if direction == "minimize" else -1.0
-    runs = []
-    for recs in studies:
-        best, run = math.inf, []
-        for r in recs:
-            if r.get("status") == "ok":
-                best = min(best, sign * r["value"])
-            run.append(best)
-        runs.append(run)
+    runs = [best_so_far(ok_values(recs), direction) for recs in studies]
     out = []
     for i in range(max((len(run) for run in runs), default=0)):
-        at = [run[min(i, len(run) - 1)] if run else math.inf for run in runs]
-        out.append(sign * sum(at) / len(at) if all(math.isfinite(v) for v in at) else math.nan)
+        at = [run[min(i, len(run) - 1)] if len(run) else math.nan for run in runs]
+        out.append(float(np.mean(at)) if not np.isnan(at).any() else math.nan)
     return out
 
 
@@ -107,8 +110,7 @@ def load_studies(tune_dir: Path) -> list[Study]:
             values = mean_curve([visited(folder / tag) for tag in best.get("per_split") or {}],
                                 best["direction"])
         else:
-            recs = visited(folder)
-            values = [float(r["value"]) if r.get("status") == "ok" else math.nan for r in recs]
+            values = ok_values(visited(folder))
         if not values:
             continue
         studies.append(Study(name=folder.name, optimizer=best["optimizer"],

@@ -55,7 +55,7 @@ from .space import Budget, BudgetedObjective, BudgetExhausted, SearchSpace
 from .store import FolderLock
 from .suite import LoadedSuite, Suite, format_validation_error
 from .trainer import pick_device
-from .tune_report import read_journal, write_comparison
+from .tune_report import best_so_far, read_journal, write_comparison
 
 # parameter names a suite may search without spelling out where they live
 ALIASES = {
@@ -561,16 +561,12 @@ def plot_convergence(path: Path, studies: dict[str, list[dict]], objective: str,
                      direction: str) -> None:
     """Each trial's objective (dots) and the best so far (a step line), per optimizer."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
-    sign = 1.0 if direction == "minimize" else -1.0
     for name, recs in studies.items():
         xs = [i for i, r in enumerate(recs, 1) if r["status"] == "ok"]
         ys = [r["value"] for r in recs if r["status"] == "ok"]
         if not xs:
             continue
-        best, run = [], math.inf
-        for y in ys:
-            run = min(run, sign * y)
-            best.append(sign * run)
+        best = best_so_far(ys, direction)
         line, = ax.step(xs, best, where="post", label=f"{name} (best {best[-1]:.4f})")
         ax.scatter(xs, ys, s=12, alpha=0.45, color=line.get_color())
     ax.set_xlabel("trial")
