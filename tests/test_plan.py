@@ -242,3 +242,25 @@ def test_plugins_of_one_module_with_the_same_parameters_are_timed_apart(write_su
                             say=said.append)
     assert sorted(cal["measured_now"]) == ["augment", "smote"]
     assert len(said) == 2 and len(list((tmp_path / "cache" / "timings").rglob("*.timings"))) == 2
+
+
+def test_a_generator_without_a_step_clock_is_timed_phase_by_phase(monkeypatch, one_thread):
+    # the fallback of the calibration (a generator written without NeuralGenerator's
+    # step clock): one fit per phase, each phase's rate from the difference in time
+    from medbench.generative import NeuralGenerator
+    log = NeuralGenerator._log
+
+    def no_clock(self, **row):
+        log(self, **row)
+        self.step_clock.clear()
+
+    monkeypatch.setattr(NeuralGenerator, "_log", no_clock)
+    used = []
+    by_fits = planmod._rates_by_fits
+    monkeypatch.setattr(planmod, "_rates_by_fits", lambda *a: used.append(1) or by_fits(*a))
+    info = registry().get("generators", "progan")
+    rates = planmod._time_generator(info, {"kimg": [1, 1], "batch_size": 8, "fmaps_base": 32,
+                                           "fmaps_max": 16, "base": 8}, 16, 1, 2,
+                                    torch.device("cpu"))
+    assert used == [1] and len(rates["phases"]) == 2
+    assert all(r >= 0 for r in rates["phases"]) and rates["sample"] > 0
