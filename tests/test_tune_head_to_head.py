@@ -47,7 +47,12 @@ def test_summary_groups_the_seeds_of_each_optimizer():
     assert t.loc["a", "trials_to_1pct"] == 2.5 and t.loc["b", "trials_to_1pct"] == 2
 
 
-def test_tune_with_seeds_compares_optimizers_and_reports_tuned_test_results(write_suite, tmp_path):
+def test_tune_with_seeds_compares_optimizers_and_reports_tuned_test_results(write_suite, tmp_path,
+                                                                           monkeypatch):
+    # headers write paths relative to the working folder, or by their last part when that
+    # climbs more than two folders (files.portable_path): work where the results are, as a
+    # user does, so the page's commands do not depend on where the clone lies
+    monkeypatch.chdir(tmp_path)
     # one holdout split: its validation images are tested on by no split
     suite = tiny_suite(protocol={"kind": "holdout", "seeds": [0]})
     suite["tuning"] = {"space": SPACE, "budget": {"trials": 3}}
