@@ -116,7 +116,7 @@ def code_fingerprint(cls: type) -> str:
 READ_ONLY_MODULES = frozenset({"report.py", "tables.py", "figures.py", "html.py",
                                "ablation_report.py", "stats.py", "fidelity.py", "quality.py",
                                "extractors.py", "cache_cli.py", "cli.py", "__main__.py",
-                               "compare.py", "tune_report.py"})
+                               "compare.py", "tune_report.py", "plan.py"})
 
 
 def code_version(*objs: Any) -> str:

@@ -213,6 +213,13 @@ def _print_plan(p, suite) -> None:
                else "from the cache")
         click.echo(f"estimate: {human_seconds(p.wall_seconds)} wall with {p.jobs} job(s) "
                    f"({human_seconds(p.work_seconds)} of work); calibration {how}")
+        if cal.get("shared_by"):
+            from .plan import sharing_slowdown
+            slow = sharing_slowdown(cal)
+            click.echo(f"{cal['shared_by']} jobs share the GPU: measured with {cal['shared_by']} "
+                       "at once, a training step took "
+                       + ", ".join(f"{n} {x:.1f}x" for n, x in sorted(slow.items()))
+                       + " its time alone (the estimate uses the shared times)")
         peak = [r.get("peak_gpu_mb") for r in cal["classifiers"].values() if r.get("peak_gpu_mb")]
         if peak and p.device.startswith("cuda"):
             import torch
@@ -279,8 +286,9 @@ def run(suite, out, profile, executor, jobs, address, gpus, threads, device, use
     df = run_suite(loaded, out, quiet=quiet, executor=executor, device=device,
                    command=_command_line(*args), jobs=jobs, address=address, gpus=gpus,
                    threads=threads,
-                   before=lambda plan: _check_estimate(plan, loaded, suite, quiet,
-                                                       yes or no_prompt))
+                   plan=lambda ds, dev: _planned_seconds(loaded, ds, dev, out, suite, executor,
+                                                         jobs, threads, quiet,
+                                                         yes or no_prompt))
     failed = failures_by_reason(loaded, out)
     if df.empty:
         click.echo("no cell finished; see the messages above")
@@ -305,6 +313,18 @@ def _smaller_profile(loaded) -> str | None:
         if name in (loaded.raw.get("profiles") or {}) and name != loaded.profile:
             return name
     return None
+
+
+def _planned_seconds(loaded, ds, dev, out, suite, executor, jobs, threads, quiet,
+                     go_ahead) -> dict[str, float]:
+    """``run``'s plan: made once the data is accepted, its line printed (a run far beyond
+    this device refused, ``_check_estimate``), its seconds per cell for the progress."""
+    from .plan import make_plan
+    plan = make_plan(loaded, ds=ds, counted_from="data", out=out, device=str(dev),
+                     executor=executor, jobs=jobs, threads=threads,
+                     say=None if quiet else (lambda m: click.echo(m, err=True)))
+    _check_estimate(plan, loaded, suite, quiet, go_ahead)
+    return plan.cell_seconds()
 
 
 def _check_estimate(plan, loaded, suite, quiet: bool, go: bool) -> None:

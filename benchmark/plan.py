@@ -23,6 +23,7 @@ Early stopping can only end a cell sooner: the plan counts every epoch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import platform
 import time
@@ -346,7 +347,8 @@ def make_plan(loaded: LoadedSuite, *, ds: ImageSet | None = None, counts: tuple 
     plan.calibration = calibrate(loaded, dev, threads, len(ds.classes),
                                  {c.classifier for c in plan.todo_cells()},
                                  {f.generator for f in plan.todo_fits()} |
-                                 {fits[k].generator for _, k, _ in draw_seconds}, say=say)
+                                 {fits[k].generator for _, k, _ in draw_seconds}, say=say,
+                                 jobs=min(jobs, max(1, len(plan.todo_cells()))))
     _put_seconds(plan, loaded, fits, draw_seconds)
     return plan
 
@@ -412,23 +414,74 @@ def _timed(fn: Callable[[], Any], dev: torch.device) -> float:
 
 def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes: int,
               classifiers: set[str], generators: set[str],
-              say: Callable[[str], None] | None = None) -> dict:
+              say: Callable[[str], None] | None = None, jobs: int = 1) -> dict:
     """Seconds per image of each named classifier (by key) and generator of the suite
     on ``dev`` with ``threads`` torch threads, from the cache or measured now: a
     ``timings`` entry per plugin configuration, keyed by what a step's cost depends on
     (plugin, parameters, image size, channels, classes, batch and training settings,
-    the device's name, threads, torch and the code version)."""
+    the device's name, threads, torch and the code version).
+
+    ``jobs`` cells at once on one GPU share it: each plugin is then also timed with
+    ``jobs`` worker processes stepping on the GPU together (``time_shared``), and the
+    plan uses those rates (``out["alone"]`` keeps the rates of one job alone). On a CPU
+    each job is timed with its own share of the cores, so the rates of one job hold."""
     s = loaded.suite
     cache = Cache(cache_root())
-    reg = registry()
-    size, channels = s.dataset.image_size, s.dataset.channels
+    size = s.dataset.image_size
+    where = _where(dev, threads)
+    out: dict[str, Any] = {"device": where, "generators": {}, "classifiers": {},
+                           "measured_now": [], "seconds_measuring": 0.0}
+    shared = jobs if _shares_device(dev) and jobs > 1 else 1
+    if shared > 1:
+        out["shared_by"], out["alone"] = shared, {"generators": {}, "classifiers": {}}
+    for kind, name, desc, measure in _measures(loaded, dev, threads, num_classes, classifiers,
+                                               generators):
+        rates = _cached_or_measured(cache, kind, name, desc, measure, dev, threads, size,
+                                    out, say)
+        if rates is None:
+            continue
+        out[kind][name] = rates
+        if shared == 1:
+            continue
+        out["alone"][kind][name] = rates
+        share = {**desc, "what": desc["what"] + " sharing the device", "jobs": shared}
+        rates = _cached_or_measured(
+            cache, kind, name, share,
+            lambda k=kind, n=name: time_shared(loaded, dev, threads, num_classes, k, n, shared),
+            dev, threads, size, out, say, f" with {shared} jobs at once on the GPU")
+        if rates is not None:
+            out[kind][name] = rates
+    return out
+
+
+def _planner_version() -> str:
+    """Hash of this module's source: how a timing was measured (this module is left out
+    of the engine's code version, which keys results it does not change)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _shares_device(dev: torch.device) -> bool:
+    """Whether the cells of ``--jobs`` share one device (a GPU) rather than divide it (the
+    cores of a CPU, each job timed with its share)."""
+    return dev.type == "cuda"
+
+
+def _where(dev: torch.device, threads: int) -> dict:
     # "device_name", not "name": spread into each description after the plugin's name,
     # a "name" key replaced it, and two plugins of one module with the same parameters
     # (lsgan and vanilla, augment and smote) shared one timing
-    where = {"device": str(dev.type), "device_name": device_name(dev), "threads": threads,
-             "torch": torch.__version__}
-    out: dict[str, Any] = {"device": where, "generators": {}, "classifiers": {},
-                           "measured_now": [], "seconds_measuring": 0.0}
+    return {"device": str(dev.type), "device_name": device_name(dev), "threads": threads,
+            "torch": torch.__version__}
+
+
+def _measures(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes: int,
+              classifiers: set[str], generators: set[str]) -> list[tuple]:
+    """(kind, name, timing description, measure) of each named classifier and generator:
+    ``measure()`` times a few of its steps and returns its rates."""
+    s = loaded.suite
+    reg = registry()
+    size, channels = s.dataset.image_size, s.dataset.channels
+    where = _where(dev, threads)
     jobs = []
     engine_like = _TrainingOf(loaded)
     for key in sorted(classifiers):
@@ -445,7 +498,7 @@ def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes:
                                                                    "channels_last", "compile",
                                                                    "cudnn_benchmark",
                                                                    "eval_batch_size"}),
-                **where, "code": code_version(info.obj)}
+                **where, "code": code_version(info.obj), "planner": _planner_version()}
         jobs.append(("classifiers", key, desc, lambda c=ccfg, i=info, t=tcfg, st=settings, f=frozen:
                      _time_classifier(c, i, t, st, f, size, channels, num_classes, dev)))
     for name in sorted(generators):
@@ -455,43 +508,125 @@ def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes:
         cond = info.obj.conditional
         desc = {"v": TIMINGS_VERSION, "what": "generator", "name": name, "params": params,
                 "size": size, "channels": channels, "classes": num_classes if cond else 1,
-                **where, "code": code_version(info.obj)}
+                **where, "code": code_version(info.obj), "planner": _planner_version()}
         jobs.append(("generators", name, desc, lambda i=info, p=params:
                      _time_generator(i, p, size, channels, num_classes, dev)))
-    for kind, name, desc, measure in jobs:
-        key = content_key(desc)
-        hit = cache.load("timings", key, lambda p: json.loads(p.read_text(encoding="utf-8")))
-        if isinstance(hit, dict) and hit.get("desc") == json.loads(json.dumps(desc, default=str)):
-            out[kind][name] = hit["rates"]
-            continue
+    return jobs
+
+
+def _cached_or_measured(cache: Cache, kind: str, name: str, desc: dict, measure: Callable,
+                        dev: torch.device, threads: int, size: int, out: dict,
+                        say: Callable[[str], None] | None, how: str = "") -> dict | None:
+    """The rates of ``desc`` from the cache, or measured now and cached; None (and the
+    reason in ``out["untimed"]``) when the plugin failed."""
+    key = content_key(desc)
+    hit = cache.load("timings", key, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if isinstance(hit, dict) and hit.get("desc") == json.loads(json.dumps(desc, default=str)):
+        return hit["rates"]
+    if say is not None:
+        say(f"timing a few steps of {name} at {size} px on {dev.type}{how} (once per device "
+            "and code version)")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        with fixed_rng("calibration:" + key, dev):     # the run's numbers stay its own
+            rates = measure()
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure is its cells' to report
+        # the estimate goes on without this plugin: a run must not be refused (exit 2)
+        # for what its cells would report as failures (exit 1), nor a plan fail for it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        out.setdefault("untimed", {})[name] = f"{type(exc).__name__}: {first}"
         if say is not None:
-            say(f"timing a few steps of {name} at {size} px on {dev.type} (once per device "
-                "and code version)")
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        try:
-            with fixed_rng("calibration:" + key, dev):     # the run's numbers stay its own
-                rates = measure()
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is its cells' to report
-            # the estimate goes on without this plugin: a run must not be refused (exit 2)
-            # for what its cells would report as failures (exit 1), nor a plan fail for it
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            out.setdefault("untimed", {})[name] = f"{type(exc).__name__}: {first}"
-            if say is not None:
-                say(f"could not time {name} for the plan ({type(exc).__name__}: {first}); "
-                    "the estimate leaves it out")
-            continue
-        finally:
-            torch.set_num_threads(old)
-        spent = time.perf_counter() - t0
-        out["seconds_measuring"] += spent
-        out["measured_now"].append(name)
-        out[kind][name] = rates
-        blob = json.dumps({"desc": desc, "rates": rates, "seconds": spent}, default=str)
-        cache.store("timings", key, lambda p, b=blob: p.write_text(b, encoding="utf-8"), ".timings",
-                    f"timings of {name} at {size} px on {where['device_name']}", {})
+            say(f"could not time {name} for the plan ({type(exc).__name__}: {first}); "
+                "the estimate leaves it out")
+        return None
+    finally:
+        torch.set_num_threads(old)
+    spent = time.perf_counter() - t0
+    out["seconds_measuring"] += spent
+    out["measured_now"].append(name)
+    blob = json.dumps({"desc": desc, "rates": rates, "seconds": spent}, default=str)
+    cache.store("timings", key, lambda p, b=blob: p.write_text(b, encoding="utf-8"), ".timings",
+                f"timings of {name} at {size} px on {desc['device_name']}", {})
+    return rates
+
+
+SHARED_TIMEOUT = 1800     # seconds a shared timing may take before the plan gives it up
+
+
+def time_shared(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes: int,
+                kind: str, name: str, jobs: int) -> dict:
+    """The rates of one plugin when ``jobs`` cells step on the device at once, as
+    ``--jobs`` runs them (a worker process each): ``jobs`` spawned processes run its
+    measure together, starting at one barrier, and each one that finishes keeps stepping
+    until the last is done, so every timed step shares the device with ``jobs - 1``
+    others. Returns the mean of the workers' rates (per-image seconds of one job)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier, done, results = ctx.Barrier(jobs), ctx.Value("i", 0), ctx.Queue()
+    procs = [ctx.Process(target=_shared_worker, daemon=True,
+                         args=(loaded, str(dev), threads, num_classes, kind, name, jobs,
+                               barrier, done, results)) for _ in range(jobs)]
+    for p in procs:
+        p.start()
+    got = []
+    try:
+        for _ in procs:
+            got.append(results.get(timeout=SHARED_TIMEOUT))
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    errors = [g[1] for g in got if g[0] == "error"]
+    if errors:
+        raise RuntimeError(f"a worker timing {name} with {jobs} jobs at once failed: {errors[0]}")
+    rates = [g[1] for g in got]
+    return {k: ([float(np.mean(x)) for x in zip(*(r[k] for r in rates))]
+                if isinstance(rates[0][k], list) else float(np.mean([r[k] for r in rates])))
+            for k in rates[0]}
+
+
+def sharing_slowdown(cal: dict) -> dict[str, float]:
+    """Plugin -> how many times longer its steps took with ``cal["shared_by"]`` jobs on
+    the device at once than alone (training steps: a classifier's ``train``, a
+    generator's phases, or its whole fit when it has no training loop)."""
+    out = {}
+    for kind in ("classifiers", "generators"):
+        for name, alone in cal.get("alone", {}).get(kind, {}).items():
+            shared = cal[kind].get(name)
+            if kind == "classifiers":
+                a, b = alone["train"], shared["train"]
+            else:
+                a, b = ((sum(alone["phases"]), sum(shared["phases"])) if alone["phases"]
+                        else (alone["fit"], shared["fit"]))
+            if a > 0:
+                out[name] = b / a
     return out
+
+
+def _shared_worker(loaded: LoadedSuite, device: str, threads: int, num_classes: int,
+                   kind: str, name: str, jobs: int, barrier, done, results) -> None:
+    """One of ``time_shared``'s processes."""
+    try:
+        dev = torch.device(device)
+        torch.set_num_threads(threads)
+        classifiers, generators = ({name}, set()) if kind == "classifiers" else (set(), {name})
+        (_, _, _, measure), = _measures(loaded, dev, threads, num_classes, classifiers,
+                                        generators)
+        barrier.wait(timeout=SHARED_TIMEOUT)
+        with fixed_rng(f"calibration:shared:{name}", dev):
+            rates = measure()
+    except Exception as exc:  # noqa: BLE001 - reported by the parent as the plugin's failure
+        with done.get_lock():
+            done.value += 1
+        results.put(("error", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        return
+    results.put(("rates", rates))
+    with done.get_lock():
+        done.value += 1
+    while done.value < jobs:       # keep the others' steps sharing the device
+        measure()
 
 
 class _TrainingOf:
@@ -518,6 +653,8 @@ def _time_generator(info, params: dict, size: int, channels: int, num_classes: i
     A generator without one is timed phase by phase instead (``_rates_by_fits``). A
     generator without a training loop is fitted and sampled once, whole."""
     gen = info.obj(**params)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     classes = [f"c{i}" for i in range(num_classes)]
     x = _random_images(CAL_IMAGES, channels, size)
     y = (torch.arange(CAL_IMAGES) % num_classes if gen.conditional
@@ -552,7 +689,10 @@ def _time_generator(info, params: dict, size: int, channels: int, num_classes: i
         if full is not None:       # the batch-norm batches the calibration fits left out
             t_few = _timed(lambda: fitted[0]._standing_stats(y), dev)
             overhead += t_few * (full - STANDING_PROBE) / STANDING_PROBE
-    return {"phases": rates, "overhead": overhead, "sample": t_sample / CAL_IMAGES, "fit": 0.0}
+    out = {"phases": rates, "overhead": overhead, "sample": t_sample / CAL_IMAGES, "fit": 0.0}
+    if dev.type == "cuda":        # the fit's peak, its last (largest) phase's in effect
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    return out
 
 
 def _rates_by_fits(gen, fit: Callable, step: list[int], size: int,

@@ -12,10 +12,9 @@ import contextlib
 import json
 import platform
 import signal
-import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -25,7 +24,6 @@ from .engine import (Cell, Engine, Prefit, check_feasible, check_plugins, count_
                      expand_cells, load_dataset, prefit_tasks)
 from .errors import Terminated
 from .execution import CellWork, run_setup
-from .plan import Plan, make_plan
 from .progress import ConsoleProgress
 from .provenance import git_commit
 from .store import FolderLock, ResultsStore
@@ -40,7 +38,8 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
               echo: Callable[[str], None] | None = None, jobs: int = 1,
               address: str | None = None, gpus: float | None = None,
               threads: int | None = None,
-              before: Callable[[Plan], None] | None = None) -> pd.DataFrame:
+              plan: Callable[[Any, torch.device], dict[str, float] | None] | None = None
+              ) -> pd.DataFrame:
     """Run every cell of a suite not yet in ``out`` and return the consolidated results.
 
     Cells go through the executor plugin (``local`` one by one here; ``processes`` and
@@ -53,10 +52,11 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     accepted: a refused run leaves nothing that would change the next one. While it
     runs, the folder's ``FolderLock`` refuses a second driver.
 
-    ``before``: hears the run's ``medbench.plan.Plan`` (calibrated, with what the
-    folder and the cache hold subtracted) once the data is accepted and before
-    anything is written; it may refuse the run by raising a ``MedbenchError``. The
-    progress display then counts down the plan's seconds per cell."""
+    ``plan``: called with the loaded data and the device once the data is accepted and
+    before anything is written; it may refuse the run by raising a ``MedbenchError``,
+    and returns the planned seconds per cell key (``medbench.plan``, which the CLI
+    passes in: the runner does not import it, so editing the planner leaves the code
+    version of results alone), which the progress display then counts down."""
     check_plugins(loaded)
     s = loaded.suite
     executor, exec_cls, threads = run_setup(executor, jobs, threads)
@@ -68,13 +68,7 @@ def run_suite(loaded: LoadedSuite, out: Path, *, quiet: bool = False, executor: 
     ResultsStore(out).check(loaded.hash)       # another configuration's folder: the same
     ds, data_report = load_dataset(loaded)
     check_feasible(loaded, ds)
-    planned = None
-    if before is not None:
-        plan = make_plan(loaded, ds=ds, counted_from="data", out=out, device=str(dev),
-                         executor=executor, jobs=jobs, threads=threads,
-                         say=None if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
-        before(plan)
-        planned = plan.cell_seconds()
+    planned = plan(ds, dev) if plan is not None else None
     with lock:
         return _run_accepted(loaded, out, ds, data_report, quiet=quiet, executor=executor,
                              exec_cls=exec_cls, dev=dev, command=command, jobs=jobs,

@@ -264,3 +264,33 @@ def test_a_generator_without_a_step_clock_is_timed_phase_by_phase(monkeypatch, o
                                     torch.device("cpu"))
     assert used == [1] and len(rates["phases"]) == 2
     assert all(r >= 0 for r in rates["phases"]) and rates["sample"] > 0
+
+
+def test_jobs_that_share_a_gpu_are_timed_together(write_suite, tmp_path, monkeypatch):
+    # on a GPU, --jobs cells step on one device at once: the plan times each plugin with
+    # that many worker processes together (here on the CPU, the mechanism alone) and
+    # uses those rates; the rates of one job alone are kept beside them
+    monkeypatch.setenv("MEDBENCH_CACHE", str(tmp_path / "cache"))
+    loaded = load_suite(write_suite(tiny_suite(arms=[
+        {"name": "none"}, {"name": "dcgan", "generator": "dcgan"}])))
+    key = loaded.suite.classifiers[0].key
+    shared = planmod.time_shared(loaded, torch.device("cpu"), 1, 3, "classifiers", key, 2)
+    alone = planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set())["classifiers"][key]
+    assert set(shared) == set(alone) and all(v > 0 for k, v in shared.items() if k != "epoch")
+    gen = planmod.time_shared(loaded, torch.device("cpu"), 1, 3, "generators", "dcgan", 2)
+    assert len(gen["phases"]) >= 1 and all(r > 0 for r in gen["phases"]) and gen["sample"] > 0
+
+    calls = []
+    monkeypatch.setattr(planmod, "_shares_device", lambda dev: True)
+    monkeypatch.setattr(planmod, "time_shared", lambda *a: calls.append(a[-3:]) or {
+        **alone, "train": alone["train"] * 3})
+    cal = planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set(), jobs=4)
+    assert calls == [("classifiers", key, 4)] and cal["shared_by"] == 4
+    assert cal["classifiers"][key]["train"] == pytest.approx(3 * alone["train"])
+    assert cal["alone"]["classifiers"][key] == alone
+    assert planmod.sharing_slowdown(cal) == {key: pytest.approx(3.0)}
+    # the shared timing is cached apart from the lone one, per number of jobs
+    planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set(), jobs=4)
+    assert len(calls) == 1
+    planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set(), jobs=2)
+    assert len(calls) == 2
