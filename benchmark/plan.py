@@ -23,6 +23,7 @@ Early stopping can only end a cell sooner: the plan counts every epoch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import platform
@@ -443,17 +444,17 @@ def calibrate(loaded: LoadedSuite, dev: torch.device, threads: int, num_classes:
         out[kind][name] = rates
         if shared == 1:
             continue
-        out["alone"][kind][name] = rates
         share = {**desc, "what": desc["what"] + " sharing the device", "jobs": shared}
-        rates = _cached_or_measured(
+        together = _cached_or_measured(
             cache, kind, name, share,
             lambda k=kind, n=name: time_shared(loaded, dev, threads, num_classes, k, n, shared),
             dev, threads, size, out, say, f" with {shared} jobs at once on the GPU")
-        if rates is not None:
-            out[kind][name] = rates
+        if together is not None:    # else the lone rates stand, and no slowdown is claimed
+            out["alone"][kind][name], out[kind][name] = rates, together
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _planner_version() -> str:
     """Hash of this module's source: how a timing was measured (this module is left out
     of the engine's code version, which keys results it does not change)."""
@@ -618,6 +619,7 @@ def _shared_worker(loaded: LoadedSuite, device: str, threads: int, num_classes: 
         with fixed_rng(f"calibration:shared:{name}", dev):
             rates = measure()
     except Exception as exc:  # noqa: BLE001 - reported by the parent as the plugin's failure
+        barrier.abort()           # the others stop waiting for this one at once
         with done.get_lock():
             done.value += 1
         results.put(("error", f"{type(exc).__name__}: {exc}".splitlines()[0]))

@@ -294,3 +294,8 @@ def test_jobs_that_share_a_gpu_are_timed_together(write_suite, tmp_path, monkeyp
     assert len(calls) == 1
     planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set(), jobs=2)
     assert len(calls) == 2
+    # a shared timing that fails leaves the lone rates in use and claims no slowdown
+    monkeypatch.setattr(planmod, "time_shared", lambda *a: 1 / 0)
+    cal = planmod.calibrate(loaded, torch.device("cpu"), 1, 3, {key}, set(), jobs=3)
+    assert cal["classifiers"][key] == alone and planmod.sharing_slowdown(cal) == {}
+    assert "ZeroDivisionError" in cal["untimed"][key]
