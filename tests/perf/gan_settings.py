@@ -57,6 +57,13 @@ SETTINGS = {
     # the last stage twice as long in images, at twice the batch: as many steps
     "progan-long-b32": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60],
                                         "batch_size": [16, 16, 32]}),
+    # the cpu profile as it stands (last stage 60 kimg), and two ways to spend more of it at
+    # 28 px: a last stage of 90 kimg, or the fade-in over a quarter of each stage, not half
+    "progan-cpu": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60]}),
+    "progan-cpu-90": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 90]}),
+    "progan-fade25": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60], "fade": 0.25}),
+    # the same 60 kimg at 28 px in batches of 8: twice the steps, each cheaper
+    "progan-b8": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60], "batch_size": [16, 16, 8]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
 
