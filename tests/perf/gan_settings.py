@@ -31,7 +31,7 @@ SEED_003 = {"g_lr": 5e-4, "d_lr": 1e-3, "betas": [0.0, 0.9], "n_critic": 2}
 SEED_001 = {"g_lr": 2e-4, "d_lr": 2e-4, "betas": [0.5, 0.999], "n_critic": 1}
 PROGAN = {"kimg": [10, 20, 30], "batch_size": 16, "fmaps_base": 64, "fmaps_max": 32,
           "diffaug": False}
-PROGAN_CPU = {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64}   # the cpu profile's
+PROGAN_CPU = {**PROGAN, "ema": 0.99, "fmaps_base": 128, "fmaps_max": 64}   # its nets and EMA
 SETTINGS = {
     # the cpu profile before and after: D at twice G's rate, two D steps per G step ...
     "dcgan-fast-d": (dcgan.DCGAN, {**CPU, **SEED_003, "kimg": 60}),
@@ -57,12 +57,10 @@ SETTINGS = {
     # the last stage twice as long in images, at twice the batch: as many steps
     "progan-long-b32": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60],
                                         "batch_size": [16, 16, 32]}),
-    # the cpu profile as it stands (last stage 60 kimg), and two ways to spend more of it at
-    # 28 px: a last stage of 90 kimg, or the fade-in over a quarter of each stage, not half
-    "progan-cpu": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60]}),
+    # the last stage of progan-ema99-wide-long half as long again in images (90 kimg) ...
     "progan-cpu-90": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 90]}),
-    "progan-fade25": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60], "fade": 0.25}),
-    # the same 60 kimg at 28 px in batches of 8: twice the steps, each cheaper
+    # ... against its 60 kimg at 28 px in batches of 8: twice the steps, each cheaper (the
+    # cpu profile's ProGAN since)
     "progan-b8": (progan.ProGAN, {**PROGAN_CPU, "kimg": [10, 20, 60], "batch_size": [16, 16, 8]}),
     "cgan-fast-d-balanced": (dcgan.CGAN, {**CPU, **SEED_003, "kimg": 80, "balanced": True}),
 }
