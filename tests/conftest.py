@@ -114,3 +114,23 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The benchmarks of tests/perf (marked `perf`) measure; they do not belong in every
+    run of the test suite (CI runs `python -m pytest -q`). They run when asked for: a
+    path inside tests/perf on the command line, or a `-m` expression."""
+    if config.option.markexpr:
+        return
+    perf_dir = (ROOT / "tests" / "perf").resolve()
+
+    def inside_perf(arg: str) -> bool:
+        p = Path(arg.split("::")[0]).resolve()
+        return p == perf_dir or perf_dir in p.parents
+
+    if any(inside_perf(a) for a in config.args):
+        return
+    kept = [i for i in items if i.get_closest_marker("perf") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
