@@ -464,6 +464,15 @@ def test_ablate_diffaug_varies_only_the_named_arms_augmentation(write_suite, tmp
         arm = x.loaded.suite.arms[0]
         assert arm.generator == "dcgan" and x.loaded.suite.params_for(arm) == {"kimg": 0.1, "diffaug": on}
         assert x.loaded.suite.protocol == loaded.suite.protocol
+    # ADA's adaptive probability, from p = 0, when named
+    off, ada = levels(loaded, "diffaug", ["off", "ada"], tmp_path, arm="dc")
+    assert (off.label, ada.label) == ("diffaug=off", "diffaug=ada")
+    assert ada.loaded.suite.params_for(ada.loaded.suite.arms[0])["diffaug"] == {
+        "adaptive": True, "p": 0.0, "speed_kimg": 20.0}
+    r = _invoke("ablate", write_suite(suite, "s4.yaml"), "--component", "diffaug", "--arm", "dc",
+                "--levels", "off,sometimes", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "levels of diffaug are off, on, ada" in r.output
+    assert "Traceback" not in r.output
     r = _invoke("ablate", write_suite(suite, "s2.yaml"), "--component", "diffaug", "--arm", "ghost",
                 "--out", tmp_path / "o")
     assert r.exit_code == 2 and "--arm 'ghost'" in r.output and "Traceback" not in r.output
