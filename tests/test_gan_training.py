@@ -73,6 +73,9 @@ def test_ada_probability_follows_the_overfitting_heuristic():
     high = aug.p
     aug.adapt(-torch.ones(32))
     assert aug.p < high
+    # p is 1 for plain DiffAugment; ADA starts from 0 unless told otherwise
+    assert DiffAugment().p == 1.0 and DiffAugment(adaptive=True).p == 0.0
+    assert DiffAugment(adaptive=True, p=0.3).p == 0.3
 
 
 def test_diffaug_settings_are_checked():

@@ -16,8 +16,8 @@ D(T(.))). Transformations, on images in [-1, 1]:
 
 Each sample gets its own random parameters; a step draws them once (``draw``) and
 applies them alike to the real and the generated batch (``apply``). ADA's idea as an
-option: each transformation is applied to a sample with probability ``p``; with
-``adaptive`` the probability follows the overfitting heuristic r_t = E[sign D(real)]
+option: each transformation is applied to a sample with probability ``p`` (1 unless
+given); with ``adaptive`` the probability starts from 0 unless given and follows the overfitting heuristic r_t = E[sign D(real)]
 towards ``target`` (0.6), moving by at most one unit per ``speed_kimg`` thousand real
 images.
 
@@ -41,11 +41,12 @@ AUTO_BELOW = 5000        # `diffaug: auto` turns augmentation on for fits on few
 
 
 class DiffAugment:
-    def __init__(self, policy=POLICIES, p: float = 1.0, translation: float = 0.125,
+    def __init__(self, policy=POLICIES, p: float | None = None, translation: float = 0.125,
                  cutout: float = 0.5, adaptive: bool = False, target: float = 0.6,
                  speed_kimg: float = 100.0):
         self.policy = tuple(policy)
-        self.p = float(p)
+        # unless given, p is 1 (DiffAugment) or, adaptive, starts from 0 as ADA's does
+        self.p = float(p) if p is not None else (0.0 if adaptive else 1.0)
         self.translation, self.cutout = float(translation), float(cutout)
         self.adaptive, self.target, self.speed_kimg = bool(adaptive), float(target), float(speed_kimg)
 
