@@ -491,17 +491,20 @@ def ablate(suite, component, arm, fidelity_images, extractor, levels, profile, o
     from .store import safe_name
     from .suite import load_suite
     loaded = load_suite(suite, profile)
-    out = out or _default_out(loaded, profile)
-    # where `medbench report OUT` regenerates it too
-    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}" / (arm or "")
-    given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
+    # the recorded command names the folders it was given, so that rerunning it writes
+    # where this run wrote
     args = ["ablate", suite, "--component", component, *(("--arm", arm) if arm else ()),
             *(("--fidelity-images", str(fidelity_images)) if fidelity_images else ()),
             *(("--extractor", extractor) if fidelity_images and extractor != "inception-v3-compat"
               else ()),
+            *(("--out", out) if out else ()), *(("--report-dir", report_dir) if report_dir else ()),
             *(("--levels", levels) if levels else ()),
             *(("--profile", profile) if profile else ()),
             *_how_args(executor, jobs, threads, device)]
+    out = out or _default_out(loaded, profile)
+    # where `medbench report OUT` regenerates it too
+    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}" / (arm or "")
+    given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),
                           echo=lambda m: click.echo(m, err=True), jobs=jobs, threads=threads,

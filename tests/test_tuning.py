@@ -374,6 +374,7 @@ def test_bad_tuning_input_is_one_line_and_exit_2(write_suite, tmp_path, suite_ch
 
 
 def test_ablate_siir_writes_table_and_figure(write_suite, tmp_path):
+    from medbench.files import portable_path
     path = write_suite(tune_suite_dict())
     out, rep = tmp_path / "res", tmp_path / "rep"
     r = _invoke("ablate", path, "--component", "siir", "--levels", "0,0.25,0.5", "--out", out,
@@ -387,6 +388,8 @@ def test_ablate_siir_writes_table_and_figure(write_suite, tmp_path):
     assert "medbench ablate" in md and "--component siir" in md
     # the numbers depend on the threads: the recorded command keeps them, and says so
     assert "--levels 0,0.25,0.5 --threads 1`" in md and "1 torch thread(s) per cell" in md
+    # and the folders it was given, so that the command, rerun, writes here again
+    assert f"--out {portable_path(out)} --report-dir {portable_path(rep)} --levels" in md
     for ext in ("png", "pdf"):
         assert (rep / f"ablation.{ext}").stat().st_size > 1000
     first = {p.name: p.read_bytes() for p in rep.iterdir()}
