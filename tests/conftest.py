@@ -130,7 +130,7 @@ def pytest_collection_modifyitems(config, items):
 
     if any(inside_perf(a) for a in config.args):
         return
-    kept = [i for i in items if i.get_closest_marker("perf") is None]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
-        items[:] = kept
+    perf = [i for i in items if i.get_closest_marker("perf") is not None]
+    if perf:
+        config.hook.pytest_deselected(items=perf)
+        items[:] = [i for i in items if i.get_closest_marker("perf") is None]

@@ -110,3 +110,33 @@ def test_runner_and_fidelity_each_hold_one_job():
     for name in ("runner", "fidelity"):
         lines = len((ROOT / f"{name}.py").read_text().splitlines())
         assert lines <= 350, f"{name}.py has {lines} lines"
+
+
+def test_perf_benchmarks_run_only_when_named(tmp_path):
+    """`python -m pytest -q` (CI) leaves the tests/perf benchmarks out; naming their
+    folder or a file in it, or any -m expression, keeps them."""
+    from types import SimpleNamespace
+
+    from conftest import ROOT, pytest_collection_modifyitems
+
+    class Item:
+        def __init__(self, name, perf):
+            self.name, self.perf = name, perf
+
+        def get_closest_marker(self, name):
+            return object() if name == "perf" and self.perf else None
+
+    def collect(args, markexpr=""):
+        deselected = []
+        config = SimpleNamespace(
+            option=SimpleNamespace(markexpr=markexpr), args=args,
+            hook=SimpleNamespace(pytest_deselected=lambda items: deselected.extend(items)))
+        items = [Item("unit", False), Item("bench", True)]
+        pytest_collection_modifyitems(config, items)
+        return [i.name for i in items], [i.name for i in deselected]
+
+    assert collect([]) == (["unit"], ["bench"])
+    assert collect([str(ROOT / "tests")]) == (["unit"], ["bench"])
+    assert collect([str(ROOT / "tests" / "perf")]) == (["unit", "bench"], [])
+    assert collect([str(ROOT / "tests" / "perf" / "test_x.py") + "::test_y"]) == (["unit", "bench"], [])
+    assert collect([], markexpr="perf") == (["unit", "bench"], [])

@@ -17,9 +17,9 @@ D(T(.))). Transformations, on images in [-1, 1]:
 Each sample gets its own random parameters; a step draws them once (``draw``) and
 applies them alike to the real and the generated batch (``apply``). ADA's idea as an
 option: each transformation is applied to a sample with probability ``p`` (1 unless
-given); with ``adaptive`` the probability starts from 0 unless given and follows the overfitting heuristic r_t = E[sign D(real)]
-towards ``target`` (0.6), moving by at most one unit per ``speed_kimg`` thousand real
-images.
+given); with ``adaptive`` the probability starts from 0 unless given and follows the
+overfitting heuristic r_t = E[sign D(real)] towards ``target`` (0.6), moving by at most
+one unit per ``speed_kimg`` thousand real images.
 
 This is written here rather than taken from a library: DiffAugment's reference code is
 a few functions in a research repository, not a maintained package, and kornia's

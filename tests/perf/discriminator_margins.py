@@ -10,6 +10,10 @@ real and generated images alike, targets 1 and 0, the sum halved); a margin near
 the discriminator cannot tell real from generated images. A WGAN critic (ProGAN) has no
 chance level for its loss; its margin is the Wasserstein estimate.
 
+Fits with ADA's adaptive augmentation (``diffaug: {adaptive: true}``) log its probability
+``augment_p`` at every step; for them the table adds its highest value over the fit, the
+step it was reached at, and its last value.
+
 Reads files only (no torch); run it as
 
     python tests/perf/discriminator_margins.py results/pneumoniamnist-gan-cpu
@@ -44,7 +48,16 @@ def main(results: Path) -> None:
             rows = list(csv.DictReader(fh))
         half = last_half(rows)
         print(f"{f.parent.parent.name:<10} {f.parent.name:<18} {len(rows):>6} "
-              f"{mean(half, 'd_loss'):>7.3f} {mean(half, 'margin'):>7.3f}")
+              f"{mean(half, 'd_loss'):>7.3f} {mean(half, 'margin'):>7.3f}{ada(rows)}")
+
+
+def ada(rows: list[dict]) -> str:
+    """ADA's probability over the fit: highest (at which step) and last; '' without ADA."""
+    ps = [(float(r["augment_p"]), int(r["step"])) for r in rows if r.get("augment_p") not in (None, "")]
+    if not ps:
+        return ""
+    top, at = max(ps, key=lambda t: t[0])
+    return f"   ADA p: max {top:.3f} at step {at}, last {ps[-1][0]:.3f}"
 
 
 if __name__ == "__main__":
