@@ -19,6 +19,13 @@ Components and their default levels:
                 (p = 1); also ``ada``: ADA's adaptive probability, from p = 0 (named in
                 --levels)
 
+    budget      the quality-utility curve: each generator arm (``--arm a,b,...``; default
+                every arm whose generator keeps snapshots) fitted once with snapshots at
+                fractions of its kimg budget (levels: 0.25, 0.5, 0.75, 1), the classifier
+                trained on each snapshot's images, and ``none`` and ``oversample`` (when
+                the suite has them) as reference levels; image quality is measured
+                (``--fidelity-images``, 300 unless given)
+
 ``--arm`` picks another arm than the suite's subject (e.g. ``--arm dcgan``).
 
 The tables and figure of the levels are ``ablation_report``'s.
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report
+from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report, write_budget_report
 from .errors import PluginError, SuiteError
 from .registry import registry
 from .engine import check_feasible, check_plugins, load_dataset
@@ -75,10 +82,101 @@ def _parse(component: str, text: list[str]) -> list:
     return list(text)
 
 
+BUDGET_FRACTIONS = [0.25, 0.5, 0.75, 1.0]
+BUDGET_FIDELITY_IMAGES = 300
+REFERENCE_ARMS = ("none", "oversample")     # drawn as lines in the budget figure
+
+
+def budget_label(arm: str, kimg: float) -> str:
+    """The level (and folder) name of an arm's snapshot: ``dcgan-15kimg``."""
+    return f"{arm}-{kimg:g}kimg"
+
+
+def _total_kimg(kimg: Any) -> float | None:
+    """A generator's whole budget in kimg: ``kimg``, or the sum of ProGAN's per-stage list."""
+    if isinstance(kimg, bool) or kimg is None:
+        return None
+    if isinstance(kimg, (list, tuple)):
+        return float(sum(kimg)) if kimg and all(isinstance(k, (int, float)) for k in kimg) else None
+    return float(kimg) if isinstance(kimg, (int, float)) else None
+
+
+def _budget_levels(loaded: LoadedSuite, given: list[str] | None, arm: str | None) -> list[Level]:
+    """One level per (generator arm, fraction of its kimg budget), every level of an arm
+    drawing from the same fit (same parameters, ``snapshots_kimg`` at all its
+    milestones), then the reference arms."""
+    s = loaded.suite
+    fractions = _parse("siir", given) if given else BUDGET_FRACTIONS
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise SuiteError(f"--levels of budget are fractions of each generator's kimg budget "
+                         f"in (0, 1], got {','.join(f'{f:g}' for f in fractions)}")
+    fractions = sorted(set(fractions))
+    if len(fractions) < 2:
+        raise SuiteError("an ablation of budget needs at least two fractions")
+    by_name = {a.name: a for a in s.arms}
+
+    def keeps_snapshots(a) -> bool:
+        info = registry().get("generators", a.generator) if a.generator else None
+        return info is not None and "snapshots_kimg" in info.obj.parameters()
+
+    if arm:
+        names = [x.strip() for x in arm.split(",") if x.strip()]
+        for n in names:
+            if n not in by_name:
+                raise SuiteError(f"--arm {n!r} is not an arm of the suite; arms: "
+                                 f"{', '.join(by_name)}")
+            if not keeps_snapshots(by_name[n]):
+                raise SuiteError(f"arm {n!r}: its generator {by_name[n].generator!r} keeps no "
+                                 "snapshots, so it has no budget curve")
+    else:
+        names = [a.name for a in s.arms if a.train_on != "synthetic" and keeps_snapshots(a)]
+        if not names:
+            raise SuiteError("no arm of the suite has a generator that keeps snapshots; "
+                             "the budget curve needs one (a GAN or ddpm)")
+    out = []
+    for n in names:
+        a = by_name[n]
+        params = s.params_for(a)
+        total = _total_kimg(params.get("kimg"))
+        if total is None:
+            raise SuiteError(f"arm {n!r}: the budget curve needs the generator's budget in kimg "
+                             f"(its kimg is {params.get('kimg')!r} in this profile)")
+        milestones = sorted({round(f * total, 3) for f in fractions})
+        base = copy.deepcopy(_entry(loaded.raw, "arm", n))
+        # the whole budget is the finished fit itself, not a snapshot of it
+        base["params"] = {**base.get("params", {}),
+                          "snapshots_kimg": [m for m in milestones if m < total] or None}
+        for m in milestones:
+            raw_arm = {**copy.deepcopy(base), "name": budget_label(n, m)}
+            if m < total:
+                raw_arm["snapshot_kimg"] = m
+            out.append((raw_arm, {"arm": n, "generator": a.generator, "kimg": m,
+                                  "fraction": m / total}))
+    for n in REFERENCE_ARMS:
+        ref = next((a for a in s.arms if (a.name == n if n == "none" else a.generator == n)
+                    and a.train_on != "synthetic"), None)
+        if ref is not None:
+            raw_arm = {**copy.deepcopy(_entry(loaded.raw, "arm", ref.name)), "name": f"reference={n}"}
+            out.append((raw_arm, {"arm": ref.name, "generator": ref.generator, "kimg": None,
+                                  "fraction": None}))
+    _, clf_key = subject_of(s)
+    clf = copy.deepcopy(_entry(loaded.raw, "classifier", clf_key))
+    levels_ = []
+    for raw_arm, value in out:
+        raw = copy.deepcopy(loaded.raw)
+        raw["arms"], raw["classifiers"] = [raw_arm], [clf]
+        raw["subject"] = {"arm": raw_arm["name"], "classifier": clf.get("label") or clf["name"]}
+        label = raw_arm["name"]
+        levels_.append(Level(label, value, derived(loaded, raw, what=f"ablation level {label}")))
+    return levels_
+
+
 def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
            results_root: Path, arm: str | None = None) -> list[Level]:
     if component not in COMPONENTS:
         raise SuiteError(f"unknown component {component!r}; use one of {', '.join(COMPONENTS)}")
+    if component == "budget":
+        return _budget_levels(loaded, given, arm)
     s = loaded.suite
     arm_name, clf_key = subject_of(s)
     if arm is not None:
@@ -171,7 +269,10 @@ def levels(loaded: LoadedSuite, component: str, given: list[str] | None,
 
 
 def ablation_root(results_root: Path, component: str, arm: str | None = None) -> Path:
-    """Where the levels of an ablation keep their runs, one folder per level."""
+    """Where the levels of an ablation keep their runs, one folder per level (the budget
+    curve's levels, one per arm and snapshot, all in ``ablate-budget/``)."""
+    if component == "budget":
+        return results_root / "ablate-budget"
     return results_root / f"ablate-{component}" / (safe_name(arm) if arm else "")
 
 
@@ -184,6 +285,8 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
     """Run every level, then (``fidelity_images`` > 0) measure each level's synthetic
     images with ``medbench fidelity`` at that cap, and write the tables and figure."""
     lv = levels(loaded, component, given, results_root, arm)
+    if component == "budget" and not fidelity_images:
+        fidelity_images = BUDGET_FIDELITY_IMAGES    # the curve's x axis
     for level in lv:                       # every level's plugins before any work
         check_plugins(level.loaded)
         clf = level.loaded.suite.classifiers[0]
@@ -216,5 +319,7 @@ def ablate(loaded: LoadedSuite, component: str, given: list[str] | None, results
                                  max_images=fidelity_images, quiet=quiet, command=command,
                                  device=device, features_cache=shared,
                                  **({"extractor": extractor} if extractor else {}))
+    if component == "budget":          # every arm's levels in the folder, this run's or not
+        return write_budget_report(root, report_dir, command)
     return write_ablation_report(root, component, [x.label for x in lv],
                                  [x.value for x in lv], report_dir, command)

@@ -454,13 +454,15 @@ def tune(suite, optimizer, budget, seconds, profile, out, storage, seeds, device
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--component", "-c", required=True,
-              help="siir, generator, injection, optimizer, classifier, pretrained, synthetic "
-                   "or diffaug.")
+              help="siir, generator, injection, optimizer, classifier, pretrained, synthetic, "
+                   "diffaug or budget (the quality-utility curve: snapshots of each generator "
+                   "at fractions of its kimg budget, given by --levels, default 0.25,0.5,0.75,1).")
 @click.option("--arm", default=None,
-              help="The arm to vary (default: the suite's subject arm).")
+              help="The arm to vary (default: the suite's subject arm); for budget a comma-"
+                   "separated list (default: every arm whose generator keeps snapshots).")
 @click.option("--fidelity-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure each level's synthetic images (`medbench fidelity` with this "
-                   "--max-images; 0: not).")
+                   "--max-images; 0: not, but 300 for budget).")
 @click.option("--extractor", default="inception-v3-compat", show_default=True,
               help="Feature extractor of --fidelity-images (as `medbench fidelity`).")
 @click.option("--levels", default=None,
@@ -503,7 +505,8 @@ def ablate(suite, component, arm, fidelity_images, extractor, levels, profile, o
             *_how_args(executor, jobs, threads, device)]
     out = out or _default_out(loaded, profile)
     # where `medbench report OUT` regenerates it too
-    report_dir = report_dir or Path("reports") / out.name / f"ablate-{component}" / (arm or "")
+    report_dir = report_dir or (Path("reports") / out.name / f"ablate-{component}"
+                                / (arm if arm and component != "budget" else ""))
     given = [x.strip() for x in levels.split(",") if x.strip()] if levels else None
     for p in run_ablation(loaded, component, given, out, report_dir, quiet=quiet, device=device,
                           executor=executor, command=_command_line(*args),

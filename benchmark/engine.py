@@ -437,6 +437,8 @@ class Engine:
         # and augmentation (not cached as models) the engine code they draw through
         code = "" if self.gen_cache.cacheable(info.obj) else code_version(info.obj)
         desc = SyntheticCache.describe_key(gkey, c, n, code, arm.generator)
+        if arm.snapshot_kimg is not None:      # another model than the fit's last
+            desc["snapshot_kimg"] = float(arm.snapshot_kimg)
         return content_key(desc), desc
 
     def fit_units(self, arm: ArmConfig, wanted: list[int]) -> list[int | None]:
@@ -490,10 +492,24 @@ class Engine:
             g = self._gen_mem[key]
             if isinstance(g, MedbenchError):
                 raise type(g)(str(g))
+            if arm.snapshot_kimg is not None:
+                g = self._snapshot_of(g, key, arm)
             fitted[c] = g
         if conditional:
             return {c: fitted[None] for c in need} if None in fitted else {}
         return fitted
+
+    def _snapshot_of(self, g: Generator, key: str, arm: ArmConfig) -> Generator:
+        """The fitted generator ``g`` as it was at the arm's ``snapshot_kimg`` milestone
+        (kept by the same fit, so nothing is refitted), once per fold in memory."""
+        k = float(arm.snapshot_kimg)
+        mem = (key, k)
+        if mem not in self._gen_mem:
+            if not hasattr(g, "at"):
+                raise PluginError(f"generator {arm.generator!r} keeps no snapshots; arm "
+                                  f"{arm.name!r} cannot draw at {k:g} kimg")
+            self._gen_mem[mem] = g.at(k)
+        return self._gen_mem[mem]
 
     def _say_notes(self, notes: list[str]) -> None:
         """Say once what a generator noted (a capped depth, a reduced k, a PCA space)."""

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from .ablation_report import COMPONENTS, NUMERIC, write_ablation_report
+from .ablation_report import COMPONENTS, NUMERIC, budget_levels, write_ablation_report, write_budget_report
 from .errors import ResultsError
 from .metrics import predict
 from .plotting import loss_series, pyplot, save_figure
@@ -414,6 +414,8 @@ def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
     for root, component, name in _ablation_roots(results_dir):
         labels = [p.name for p in sorted(root.iterdir())
                   if p.is_dir() and (p / "results.parquet").is_file()]
+        if component == "budget":
+            labels = budget_levels(root)
         if component in NUMERIC:         # SIIR 0, 0.1, ..., 0.5, not 0, 0.1, 0.25, ...
             def order(lb: str) -> tuple:
                 v = _level_value(component, lb)
@@ -427,9 +429,11 @@ def ablation_figures(results_dir: Path, report_dir: Path) -> list[Figure]:
         except ResultsError:
             pass
         try:
-            written = write_ablation_report(root, component, labels,
-                                            [_level_value(component, lb) for lb in labels],
-                                            report_dir / name, command)
+            written = (write_budget_report(root, report_dir / name, command)
+                       if component == "budget" else
+                       write_ablation_report(root, component, labels,
+                                             [_level_value(component, lb) for lb in labels],
+                                             report_dir / name, command))
         except ResultsError:
             continue
         png = next(p for p in written if p.suffix == ".png")

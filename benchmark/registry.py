@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "medbench.plugins.generators.classical",
     "medbench.plugins.generators.dcgan",
     "medbench.plugins.generators.progan",
+    "medbench.plugins.generators.ddpm",
     "medbench.plugins.optimizers.sma",
     "medbench.plugins.optimizers.random_search",
     "medbench.plugins.optimizers.optuna_study",

@@ -121,11 +121,17 @@ class ArmConfig(Strict):
     train_on: Literal["real+synthetic", "synthetic"] = Field(
         "real+synthetic", description="synthetic: train on synthetic images only, as many per "
                                       "class as the real training part has (TSTR)")
+    snapshot_kimg: float | None = Field(
+        None, gt=0, description="draw from the generator as it was after this many thousand "
+                                "images shown, a milestone its snapshots_kimg parameter keeps "
+                                "(medbench ablate --component budget sets both)")
 
     @model_validator(mode="after")
     def _synthetic_needs_generator(self):
         if self.train_on == "synthetic" and not self.generator:
             raise ValueError(f"arm {self.name!r}: train_on: synthetic needs a generator")
+        if self.snapshot_kimg is not None and not self.generator:
+            raise ValueError(f"arm {self.name!r}: snapshot_kimg needs a generator")
         return self
 
     @field_validator("name")
