@@ -190,8 +190,8 @@ def budget_levels(root: Path) -> list[str]:
 
 
 def _interval(v: np.ndarray) -> tuple[float, float, float]:
-    """Mean and the 95% confidence interval of the mean (Student's t over the runs;
-    the mean alone for one run)."""
+    """Mean and the 95% confidence interval of the mean (Student's t over the runs,
+    clipped to [0, 1], where every metric of the curve lives; the mean alone for one run)."""
     from scipy import stats
     v = v[np.isfinite(v)]
     if not len(v):
@@ -200,7 +200,7 @@ def _interval(v: np.ndarray) -> tuple[float, float, float]:
     if len(v) < 2:
         return m, math.nan, math.nan
     half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - half, m + half
+    return m, max(0.0, m - half), min(1.0, m + half)
 
 
 def budget_table(root: Path, labels: list[str]) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
@@ -248,8 +248,9 @@ def write_budget_report(root: Path, report_dir: Path, command: str | None) -> li
             "Each generator is fitted once per seed with snapshots at fractions of its kimg "
             "budget; the classifier is trained on the real training part plus each snapshot's "
             "images (nothing refitted). Metrics: mean over (seed, fold) runs on the real test "
-            "fold(s) with the 95% confidence interval of the mean (Student's t over runs) in "
-            f"brackets. Image quality (`medbench fidelity`, extractor {extractor}): FID and KID "
+            "fold(s) with the 95% confidence interval of the mean (Student's t over runs, "
+            "clipped to [0, 1]) in brackets; with 3 seeds the interval is 2.5 standard "
+            "deviations each way, so read overlap, not point order. Image quality (`medbench fidelity`, extractor {extractor}): FID and KID "
             "of the synthetic images against the fold's real test images of the class at "
             "matched n (the floor: real training images against them at the same n), mean "
             "over classes and seeds; copy rate: share of synthetic images nearer a training "

@@ -29,7 +29,7 @@ from .api import DatasetSpec, Generator
 from .cache import Cache, SyntheticCache, cache_root, code_version, content_key, fixed_rng
 from .data import (ImageSet, attach_groups, conform, group_report, group_summary,
                    handle_duplicates, handle_near_duplicates, handle_unreadable, read_metadata)
-from .errors import DataError, MedbenchError, PluginError
+from .errors import DataError, MedbenchError, PluginError, SuiteError
 from .generative import kimg_images
 from .generators import GeneratorCache, GeneratorDiverged, write_generator_artifacts
 from .progress import Progress
@@ -134,6 +134,11 @@ def check_plugins(loaded: LoadedSuite, *, download: bool = True) -> None:
             # parameters are checked now, not after hours of other arms
             gen = info.obj(**s.params_for(arm))
             gen.check_data(s.dataset.image_size, s.dataset.channels)
+            kept = [float(k) for k in (s.params_for(arm).get("snapshots_kimg") or [])]
+            if arm.snapshot_kimg is not None and float(arm.snapshot_kimg) not in kept:
+                raise SuiteError(f"arm {arm.name!r}: snapshot_kimg {arm.snapshot_kimg:g} is not "
+                                 f"a milestone its generator keeps (snapshots_kimg: "
+                                 f"{kept or 'none'}); add it there")
 
 
 def suite_folds(loaded: LoadedSuite, ds: ImageSet, seed: int) -> list[Fold]:

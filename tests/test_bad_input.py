@@ -548,3 +548,16 @@ def test_broken_dataset_is_refused_by_run_leaving_nothing(case, tmp_path):
     suite = BROKEN_DATASETS[case](tmp_path / "data")
     refused(["run", str(dump(tmp_path / "s.yaml", suite)), "--out", str(out)], out)
     assert not out.exists()
+
+
+def test_a_snapshot_an_arm_draws_from_must_be_kept_by_its_generator(tmp_path):
+    """An arm that draws at a kimg milestone its generator does not keep, or that has no
+    generator at all, is refused before any work."""
+    suite = tiny_suite(arms=[{"name": "dc", "generator": "dcgan", "snapshot_kimg": 0.1,
+                              "params": {"kimg": 0.2, "snapshots_kimg": [0.05]}}])
+    out = tmp_path / "out"
+    err = refused(["run", str(dump(tmp_path / "s.yaml", suite)), "--out", str(out)], out)
+    assert "snapshot_kimg 0.1 is not a milestone" in err and "[0.05]" in err
+    suite["arms"] = [{"name": "none", "snapshot_kimg": 0.1}]
+    err = refused(["run", str(dump(tmp_path / "s2.yaml", suite)), "--out", str(out)], out)
+    assert "snapshot_kimg needs a generator" in err

@@ -508,3 +508,88 @@ def test_ablate_with_fidelity_adds_image_quality_and_report_finds_arm_folders(wr
     assert len(figs) == 1 and "(over2)" in figs[0].title
     again = tmp_path / "full" / "ablate-injection" / "over2" / "ablation.csv"
     assert again.read_text() == (rep / "ablation.csv").read_text()
+
+
+def _budget_suite():
+    suite = tiny_suite(arms=[
+        {"name": "none"},
+        {"name": "over", "generator": "oversample", "injection": {"policy": "balance"}},
+        {"name": "dc", "generator": "dcgan", "injection": {"policy": "balance"},
+         "params": {"kimg": 0.2, "width": 8, "latent": 16, "batch_size": 8,
+                    "collapse_check": False}},
+        {"name": "diff", "generator": "ddpm", "injection": {"policy": "balance"},
+         "params": {"kimg": 0.1, "channels": [8, 16], "sample_steps": 2,
+                    "collapse_check": False}},
+        {"name": "sm", "generator": "smote", "injection": {"policy": "balance"}}])
+    suite["protocol"] = ONE_FOLD
+    return suite
+
+
+def test_ablate_budget_levels_are_snapshots_of_one_fit_with_references(write_suite, tmp_path):
+    from medbench.ablation import levels
+    loaded = load_suite(write_suite(_budget_suite()))
+    lv = levels(loaded, "budget", ["0.5", "1"], tmp_path)
+    assert [x.label for x in lv] == ["dc-0.1kimg", "dc-0.2kimg", "diff-0.05kimg", "diff-0.1kimg",
+                                     "reference=none", "reference=oversample"]
+    for x in lv[:4]:
+        arm = x.loaded.suite.arms[0]
+        params = x.loaded.suite.params_for(arm)
+        # every level of an arm has the same parameters (one fit, one cache key); the
+        # whole budget draws from the finished fit, the others from its snapshots
+        assert params["snapshots_kimg"] == [params["kimg"] / 2]
+        assert arm.snapshot_kimg == (None if x.value["fraction"] == 1 else x.value["kimg"])
+        assert x.loaded.suite.protocol == loaded.suite.protocol
+    assert lv[4].loaded.suite.arms[0].generator is None
+    assert lv[5].loaded.suite.arms[0].generator == "oversample"
+    assert [x.label for x in levels(loaded, "budget", None, tmp_path, arm="dc")][:4] == [
+        "dc-0.05kimg", "dc-0.1kimg", "dc-0.15kimg", "dc-0.2kimg"]
+    for given, arm, message in [(None, "sm", "keeps no snapshots"),
+                                (["0.5", "2"], None, "fractions of each generator's kimg"),
+                                (["1"], None, "at least two fractions"),
+                                (None, "ghost", "--arm 'ghost'")]:
+        r = _invoke("ablate", write_suite(_budget_suite(), "b.yaml"), "--component", "budget",
+                    *(["--levels", ",".join(given)] if given else []),
+                    *(["--arm", arm] if arm else []), "--out", tmp_path / "o")
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    epochs = _budget_suite()
+    epochs["arms"][2]["params"] = {"epochs": 1}
+    r = _invoke("ablate", write_suite(epochs, "e.yaml"), "--component", "budget", "--arm", "dc",
+                "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "needs the generator's budget in kimg" in r.output
+
+
+def test_ablate_budget_writes_the_quality_utility_curve(write_suite, tmp_path):
+    """Each arm fitted once per seed and fold (snapshots), the classifier trained on each
+    snapshot's images, image quality measured for every level, a table with confidence
+    intervals and a figure; `medbench report` regenerates the same table."""
+    path, out, rep = write_suite(_budget_suite()), tmp_path / "res", tmp_path / "rep"
+    r = _invoke("ablate", path, "--component", "budget", "--arm", "dc", "--levels", "0.5,1",
+                "--fidelity-images", 20, "--extractor", "medbench-tiny", "--out", out,
+                "--report-dir", rep, "--threads", "1", "-q")
+    assert r.exit_code == 0, r.output
+    root = out / "ablate-budget"
+    def fits(level):        # the fitted model of each class the level drew from
+        return {p.parent.name: json.loads(p.read_text())["key"]
+                for p in (root / level / "generators").rglob("info.json")}
+    assert fits("dc-0.1kimg") and fits("dc-0.1kimg") == fits("dc-0.2kimg"), \
+        "every snapshot level of an arm draws from the same fit"
+    # the snapshot's images are not the finished fit's
+    from medbench.store import ResultsStore
+    a = ResultsStore(root / "dc-0.1kimg").load()
+    b = ResultsStore(root / "dc-0.2kimg").load()
+    assert set(a["n_synthetic"]) == set(b["n_synthetic"]) and a["n_synthetic"].max() > 0
+    table = pd.read_csv(rep / "ablation.csv", comment="#")
+    assert list(table.level) == ["dc-0.1kimg", "dc-0.2kimg", "reference=none", "reference=oversample"]
+    assert list(table.kimg[:2]) == [0.1, 0.2] and table.reference.tolist() == [False, False, True, True]
+    assert table.fid_heldout[:2].notna().all() and table.copy_rate[3] == 1.0
+    assert np.isnan(table.fid_heldout[2])           # none has no synthetic images
+    for m in ("accuracy", "balanced_accuracy", "minority_recall", "roc_auc"):
+        assert table[f"{m}_mean"].notna().all()
+    md = (rep / "ablation.md").read_text()
+    assert "--component budget" in md and "95% confidence interval" in md and "KID held out" in md
+    assert (rep / "ablation.png").is_file() and (rep / "ablation.pdf").is_file()
+    from medbench.figures import ablation_figures          # what `medbench report` calls
+    figs = ablation_figures(out, tmp_path / "full")
+    assert len(figs) == 1
+    again = tmp_path / "full" / "ablate-budget" / "ablation.csv"
+    assert again.read_text() == (rep / "ablation.csv").read_text()
