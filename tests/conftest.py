@@ -46,7 +46,7 @@ def write_suite(tmp_path):
     return write
 
 
-# the executors' comparison runs the quick suite's smoke profile (10 arms, 1 fold), or the
+# the executors' comparison runs the quick suite's smoke profile (11 arms, 1 fold), or the
 # whole suite with MEDBENCH_PERF_FULL=1 (about 7 minutes more on 2 cores)
 _EXEC_PROFILE = [] if os.environ.get("MEDBENCH_PERF_FULL") == "1" else ["--profile", "smoke"]
 QUICK_WAYS = {

@@ -67,7 +67,7 @@ def test_processes_executor_gives_the_same_numbers_as_local(write_suite, tmp_pat
 
 @pytest.mark.slow
 def test_ray_executor_runs_the_quick_suite_with_the_same_table_as_local(quick_runs):
-    """The quick suite (its smoke profile: all 10 arms, 5 GANs included, one fold) through
+    """The quick suite (its smoke profile: all 11 arms, 5 GANs and ddpm included, one fold) through
     a local Ray instance, against the same suite run in this process."""
     pytest.importorskip("ray")
     local, _ = quick_runs("smoke-local")

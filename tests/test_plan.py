@@ -71,7 +71,7 @@ def _check_counts(plan, out: Path) -> None:
     planned = {(f.generator, f.seed, f.fold, f.unit): f for f in plan.fits}
     assert set(planned) == set(on_disk)
     neural = [k for k in planned if k[0] in GANS or k[0] in ("progan", "dcgan", "cgan",
-                                                             "lsgan", "vanilla")]
+                                                             "lsgan", "vanilla", "ddpm")]
     assert neural
     for k in neural:
         assert planned[k].kimg == pytest.approx(on_disk[k], abs=1e-9), k
@@ -106,7 +106,8 @@ def test_plan_of_the_quick_suite_equals_its_run(quick_runs, monkeypatch):
     loaded = load_suite(ROOT / "suites" / "quick.yaml", "smoke")
     ds, _ = load_dataset(loaded)
     plan = make_plan(loaded, ds=ds, counted_from="data", estimate=False)
-    assert len(plan.cells) == 10
+    assert len(plan.cells) == 11
+    assert any(f.generator == "ddpm" for f in plan.fits)
     _check_counts(plan, out)
 
 
