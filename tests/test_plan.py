@@ -145,12 +145,12 @@ def test_plan_without_the_data_counts_from_counts(tmp_path):
                                  "--out", str(tmp_path / "none")])
     assert r.exit_code == 0, r.output
     p = json.loads(r.stdout)
-    assert len(p["cells"]) == 10 * 10 and p["counts"] == [3616, 10192, 6012, 1345]
-    # ProGAN, DCGAN, LSGAN, vanilla: one per minority class (3) per fold; the cGAN one
-    # per fold; SMOTE, oversampling and augmentation (conditional) one per fold
+    assert len(p["cells"]) == 11 * 10 and p["counts"] == [3616, 10192, 6012, 1345]
+    # ProGAN, DCGAN, LSGAN, vanilla: one per minority class (3) per fold; the cGAN and
+    # ddpm one per fold; SMOTE, oversampling and augmentation (conditional) one per fold
     per_arm = pd.Series([f["arm"] for f in p["fits"]]).value_counts().to_dict()
     assert per_arm == {"progan": 30, "dcgan": 30, "lsgan": 30, "vanilla": 30, "cgan": 10,
-                       "smote": 10, "oversample": 10, "augment": 10}
+                       "ddpm": 10, "smote": 10, "oversample": 10, "augment": 10}
     # ProGAN's six stages of 250 ... 500 epochs over a fold's COVID images
     progan = next(f for f in p["fits"] if f["arm"] == "progan" and f["unit"] == "COVID")
     assert len(progan["shown"]) == 6

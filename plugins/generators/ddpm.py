@@ -55,6 +55,8 @@ from medbench.errors import ParameterError, SuiteError
 from medbench.generative import ImagesShown, NeuralGenerator, WeightAverage, kimg_target
 from medbench.hookspecs import hookimpl
 
+from ._adversarial import batch_lengths
+
 # block widths by image size when ``channels: auto`` (each level after the first halves
 # the grid; the coarsest level has self-attention)
 AUTO_CHANNELS = ((32, (32, 64, 64)), (64, (32, 64, 128, 128)), (128, (64, 128, 128, 256)),
@@ -185,6 +187,21 @@ class DiffusionGenerator(NeuralGenerator):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.G.parameters())
+
+    def budget(self, n: int, image_size: int) -> list[int]:
+        """Images ``_train`` shows on n images (what ``medbench plan`` counts): batches of
+        passes over the images (none of one image), until the kimg target is reached."""
+        lengths = batch_lengths(n, int(self.cfg["batch_size"]))
+        per_pass = sum(lengths)
+        if per_pass == 0:
+            return [0]
+        target = kimg_target(self.cfg["kimg"], self.name)
+        shown = (target - 1) // per_pass * per_pass
+        for length in lengths:
+            shown += length
+            if shown >= target:
+                break
+        return [shown]
 
     # ------------------------------------------------------------------ one step
     def loss(self, net, sched, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
