@@ -117,21 +117,24 @@ def write_ablation_report(root: Path, component: str, labels: list[str], values:
                     "0.05 for new images, 1 for copies). Below 2,000 images FID is biased "
                     "upwards: read KID.")
     written = []
-    p = report_dir / "ablation.md"
-    atomic_text(p, "\n".join([f"# {m0.get('suite')}: ablation of {component}", "", *head, "",
-                              "Mean ± standard deviation over (seed, fold) runs on the real test "
-                              "fold(s); synthetic images: mean number added to a training part.",
-                              "", md_table(shown), "", "![ablation](ablation.png)", ""]))
-    written.append(p)
-    p = report_dir / "ablation.csv"
-    atomic_text(p, "# " + "\n# ".join(head) + "\n" + table.to_csv(index=False, float_format="%.6f"))
-    written.append(p)
-    p = report_dir / "ablation.tex"
-    atomic_text(p, "% " + "\n% ".join(head) + "\n"
-                + latex_table(shown, f"{m0.get('suite')}: ablation of {component}"))
-    written.append(p)
+    written = _write_tables(report_dir, f"{m0.get('suite')}: ablation of {component}", head,
+                            ["Mean ± standard deviation over (seed, fold) runs on the real test "
+                             "fold(s); synthetic images: mean number added to a training part.",
+                             ""], shown, table, "![ablation](ablation.png)")
     written += plot_ablation(report_dir / "ablation", component, table, metrics)
     return written
+
+
+def _write_tables(report_dir: Path, title: str, head: list[str], intro: list[str],
+                  shown: pd.DataFrame, table: pd.DataFrame, figure: str) -> list[Path]:
+    """ablation.md (head, intro, the shown table, the figure), .csv (the full table) and
+    .tex, each headed by ``head``."""
+    md, csv, tex = (report_dir / f"ablation.{x}" for x in ("md", "csv", "tex"))
+    atomic_text(md, "\n".join([f"# {title}", "", *head, "", *intro, md_table(shown), "",
+                               figure, ""]))
+    atomic_text(csv, "# " + "\n# ".join(head) + "\n" + table.to_csv(index=False, float_format="%.6f"))
+    atomic_text(tex, "% " + "\n% ".join(head) + "\n" + latex_table(shown, title))
+    return [md, csv, tex]
 
 
 def plot_ablation(stem: Path, component: str, table: pd.DataFrame, metrics: list[str]) -> list[Path]:
@@ -270,19 +273,8 @@ def write_budget_report(root: Path, report_dir: Path, command: str | None) -> li
             "n/a" if not np.isfinite(a) else f"{a:.4f}" if not np.isfinite(lo)
             else f"{a:.4f} [{lo:.3f}, {hi:.3f}]"
             for a, lo, hi in zip(table[f"{metric}_mean"], table[f"{metric}_lo"], table[f"{metric}_hi"])]
-    written = []
-    p = report_dir / "ablation.md"
-    atomic_text(p, "\n".join([f"# {m0.get('suite')}: quality-utility curve (budget)", "",
-                              *head, "", md_table(shown), "",
-                              "![quality-utility curve](ablation.png)", ""]))
-    written.append(p)
-    p = report_dir / "ablation.csv"
-    atomic_text(p, "# " + "\n# ".join(head) + "\n" + table.to_csv(index=False, float_format="%.6f"))
-    written.append(p)
-    p = report_dir / "ablation.tex"
-    atomic_text(p, "% " + "\n% ".join(head) + "\n"
-                + latex_table(shown, f"{m0.get('suite')}: quality-utility curve"))
-    written.append(p)
+    written = _write_tables(report_dir, f"{m0.get('suite')}: quality-utility curve", head, [],
+                            shown, table, "![quality-utility curve](ablation.png)")
     written += plot_budget(report_dir / "ablation", table)
     return written
 

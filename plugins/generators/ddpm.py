@@ -138,10 +138,7 @@ class DiffusionGenerator(NeuralGenerator):
     def check_data(self, size: int, channels: int) -> None:
         """Refuse, before any work, a size the UNet's levels cannot halve evenly."""
         widths = self.widths(size)
-        levels = len(widths)
-        while levels > 1 and (size % 2 ** (levels - 1) or size // 2 ** (levels - 1) < 4):
-            levels -= 1
-        if self.cfg["channels"] != "auto" and levels < len(widths):
+        if self.cfg["channels"] != "auto" and len(self._levels(size)) < len(widths):
             raise SuiteError(f"generator {self.name!r}: {size} px images cannot be halved "
                              f"{len(widths) - 1} times (channels {list(widths)}); use fewer "
                              "levels or another image size")
